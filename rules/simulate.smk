@@ -1,0 +1,140 @@
+# The synthetic survey (targets whose sheet input is `simulate`): sky model and
+# references per target, exposures per filter, truth mosaics on the common grid.
+
+SIMULATE = f"python {SCRIPTS}/simulate_survey.py"
+
+
+def sim_target_json(target):
+    row = target_row(target)
+    distance = row.get("distance_mpc")
+    return json_param(
+        {
+            "target": target,
+            "ra": float(row["ra"]),
+            "dec": float(row["dec"]),
+            "layout": row["layout"],
+            "program": int(row["program"]),
+            "distance_mpc": None if pd.isna(distance) else float(distance),
+        }
+    )
+
+
+def widefield_names():
+    return [w["name"].lower() for w in config["simulation"]["references"]["widefield"]]
+
+
+rule simulate_sky:
+    output:
+        truth="results/{target}/truth/sky_truth.json",
+        sources="results/{target}/truth/sky_sources.ecsv",
+        refcat="results/{target}/references/{target}_refcat.ecsv",
+        widefield=expand(
+            "results/{{target}}/references/{{target}}_{name}.fits", name=widefield_names()
+        ),
+    params:
+        sim=json_param(config["simulation"]),
+        target=lambda w: sim_target_json(w.target),
+    log:
+        "logs/simulate_sky/{target}.log",
+    benchmark:
+        "benchmarks/simulate_sky/{target}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/jwst.yaml"
+    shell:
+        "{SIMULATE} --log {log} sky --sim {params.sim:q} --target {params.target:q}"
+        " --out-dir results/{wildcards.target}/truth"
+        " --references-dir results/{wildcards.target}/references"
+
+
+def simulated_band_outputs(target, filt):
+    names = list(exposures_of(target, filt, role=None)["name"])
+    wisp_cfg = config["simulation"]["effects"]["wisps"]
+    detectors = set(exposures_of(target, filt, role=None)["detector"])
+    wisp_detectors = sorted(detectors & set(wisp_cfg["detectors"])) if filt in wisp_cfg["amplitude_mjysr"] else []
+    return {
+        "cal": [f"results/{target}/simulated/cal/{n}_cal.fits" for n in names],
+        "truth": [f"results/{target}/truth/exposures/{n}_truth.fits" for n in names],
+        "wisps": [f"results/{target}/references/wisps/wisp_{d.lower()}_{filt.lower()}.fits" for d in wisp_detectors],
+    }
+
+
+# One job renders all exposures of a filter (hundreds of small files; a job per
+# file would spend its time importing jwst). Output lists differ per band, so the
+# rule is declared once per simulated (target, filter).
+for _target in [t for t in SELECTED.index if is_simulated(t)]:
+    for _filter in simulated_filters(_target):
+        _out = simulated_band_outputs(_target, _filter)
+
+        rule:
+            name:
+                f"simulate_exposures_{_target}_{_filter}".replace("-", "_")
+            input:
+                truth=f"results/{_target}/truth/sky_truth.json",
+                sources=f"results/{_target}/truth/sky_sources.ecsv",
+            output:
+                cal=_out["cal"],
+                truth=_out["truth"],
+                wisps=_out["wisps"],
+                table=f"results/{_target}/truth/tables/{_filter}_exposures_truth.ecsv",
+            params:
+                sim=json_param(config["simulation"]),
+                target=sim_target_json(_target),
+                filter=_filter,
+                target_name=_target,
+            log:
+                f"logs/simulate_exposures/{_target}/{_filter}.log",
+            benchmark:
+                f"benchmarks/simulate_exposures/{_target}/{_filter}.tsv"
+            resources:
+                mem_mb=lambda wildcards, input, attempt: 1500 * attempt,
+                runtime=lambda wildcards, attempt: 20 * attempt,
+            conda:
+                "../envs/jwst.yaml"
+            shell:
+                "{SIMULATE} --log {log} exposures --sim {params.sim:q} --target {params.target:q}"
+                " --filter {params.filter} --sky-dir results/{params.target_name}/truth"
+                " --out-dir results/{params.target_name}/simulated/cal"
+                " --truth-dir results/{params.target_name}/truth/exposures"
+                " --wisp-dir results/{params.target_name}/references/wisps"
+                " --truth-table {output.table}"
+
+
+rule simulate_truth_table:
+    input:
+        lambda w: [
+            f"results/{w.target}/truth/tables/{f}_exposures_truth.ecsv" for f in simulated_filters(w.target)
+        ],
+    output:
+        "results/{target}/truth/{target}_exposures_truth.ecsv",
+    log:
+        "logs/simulate_truth_table/{target}.log",
+    conda:
+        "../envs/jwst.yaml"
+    shell:
+        "{SIMULATE} --log {log} truth-table {input} --out {output}"
+
+
+rule simulate_truth_mosaic:
+    input:
+        truth="results/{target}/truth/sky_truth.json",
+        sources="results/{target}/truth/sky_sources.ecsv",
+        grid="results/{target}/mosaic/grid.json",
+    output:
+        "results/{target}/truth/mosaics/{target}_{filter}_truth.fits",
+    params:
+        sim=json_param(config["simulation"]),
+    log:
+        "logs/simulate_truth_mosaic/{target}/{filter}.log",
+    benchmark:
+        "benchmarks/simulate_truth_mosaic/{target}/{filter}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/jwst.yaml"
+    shell:
+        "{SIMULATE} --log {log} truth-mosaic --sim {params.sim:q} --filter {wildcards.filter}"
+        " --sky-dir results/{wildcards.target}/truth --grid {input.grid} --out {output}"
