@@ -1,6 +1,8 @@
 # Sheets, exposure tables, input functions and wildcard constraints shared by all rules.
 
 import json
+import os
+import shlex
 import re
 import sys
 from pathlib import Path
@@ -16,10 +18,22 @@ import exposure_table  # noqa: E402
 
 validate(config, schema="../config/schema/config.schema.yaml")
 
-TARGETS_SHEET = exposure_table.read_targets_sheet(config["targets_sheet"])
+def repo_path(path):
+    """A config path: absolute, relative to the working directory, or else to the repository."""
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    return Path(workflow.basedir) / path
+
+
+TARGETS_SHEET = exposure_table.read_targets_sheet(repo_path(config["targets_sheet"]))
 validate(TARGETS_SHEET, schema="../config/schema/targets.schema.yaml")
 SELECTED = exposure_table.select_targets(TARGETS_SHEET, config["targets"])
-CONFIG_HASH = wfutils.config_hash(config)
+# Provenance: every script records this hash (config minus the target selection) in its outputs.
+# It travels as an environment variable, not a rule parameter, so that editing one setting
+# does not make Snakemake rerun every job.
+CONFIG_HASH = wfutils.config_hash({k: v for k, v in config.items() if k != "targets"})
+os.environ[wfutils.CONFIG_HASH_ENV] = CONFIG_HASH
 EXPOSURES = exposure_table.build_exposure_table(SELECTED, config)
 
 
@@ -106,7 +120,7 @@ def truth_mosaic_path(target, filter):
 
 
 def all_products(wildcards=None):
-    """What `rule all` asks for: mosaics per target and filter, and truth for simulated targets."""
+    """Final products: mosaics per target and filter, and truth for simulated targets."""
     products = []
     for target in SELECTED.index:
         for filt in filters_of(target):
@@ -118,6 +132,188 @@ def all_products(wildcards=None):
     return products
 
 
+def script_path(name):
+    return str(SCRIPTS / name)
+
+
 def json_param(value):
     """Compact JSON for passing structured config to a script (quote with :q in shell)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# ----------------------------------------------------------------------- the synthetic survey (rules/simulate.smk)
+def sim_target_json(target):
+    row = target_row(target)
+    distance = row.get("distance_mpc")
+    return json_param(
+        {
+            "target": target,
+            "ra": float(row["ra"]),
+            "dec": float(row["dec"]),
+            "layout": row["layout"],
+            "program": int(row["program"]),
+            "distance_mpc": None if pd.isna(distance) else float(distance),
+        }
+    )
+
+
+def widefield_names():
+    return [w["name"].lower() for w in config["simulation"]["references"]["widefield"]]
+
+
+def simulated_band_outputs(target, filt):
+    names = list(exposures_of(target, filt, role=None)["name"])
+    wisp_cfg = config["simulation"]["effects"]["wisps"]
+    detectors = set(exposures_of(target, filt, role=None)["detector"])
+    wisp_detectors = sorted(detectors & set(wisp_cfg["detectors"])) if filt in wisp_cfg["amplitude_mjysr"] else []
+    return {
+        "cal": [f"results/{target}/simulated/cal/{n}_cal.fits" for n in names],
+        "truth": [f"results/{target}/truth/exposures/{n}_truth.fits" for n in names],
+        "wisps": [f"results/{target}/references/wisps/wisp_{d.lower()}_{filt.lower()}.fits" for d in wisp_detectors],
+    }
+
+
+# ----------------------------------------------------------------------- real data, Stage 1 and 2 (rules/stage12.smk)
+def stage12_exposure(target, name, levels):
+    """EXPOSURES row of a real target's exposure whose input level is one of ``levels``; a clear error otherwise."""
+    row = target_row(target)
+    if row["input"] == "simulate":
+        raise ValueError(
+            f"target {target} is simulated (its exposures are rendered at cal level): "
+            f"Stage 1/2 do not apply to {name}"
+        )
+    level = exposure_table.input_level(row, config)
+    if level not in levels:
+        raise ValueError(
+            f"target {target} starts at input level {level!r}: {name} is not processed by this stage "
+            f"(it applies to input levels {', '.join(levels)})"
+        )
+    if (target, name) not in EXPOSURES.index:
+        raise ValueError(
+            f"exposure {name} of target {target} is not in the exposure table "
+            f"(no matching file in {row['input']}, or the target is not selected)"
+        )
+    return EXPOSURES.loc[(target, name)]
+
+
+def real_input_file(target, name, level):
+    return str(Path(target_row(target)["input"]) / f"{name}{exposure_table.LEVEL_SUFFIX[level]}")
+
+
+def stage1_rate_path(target, name):
+    return f"results/{target}/stage1/{name}_rate.fits"
+
+
+def persistence_path(target, name):
+    return f"results/{target}/stage1/{name}_persistence.asdf"
+
+
+def rate_path(target, name):
+    """Rate image of an exposure: made by Stage 1 (input level uncal) or given by the user (rate)."""
+    stage12_exposure(target, name, ("uncal", "rate"))
+    if exposure_table.input_level(target_row(target), config) == "uncal":
+        return stage1_rate_path(target, name)
+    return real_input_file(target, name, "rate")
+
+
+def stage1_inputs(wildcards):
+    """The uncal file and, if the detector read out an exposure just before, that one's persistence record."""
+    row = stage12_exposure(wildcards.target, wildcards.name, ("uncal",))
+    inputs = {"uncal": real_input_file(wildcards.target, wildcards.name, "uncal"), "persistence": []}
+    if row["previous"]:
+        inputs["persistence"] = [persistence_path(wildcards.target, row["previous"])]
+    return inputs
+
+
+def stage1_persistence_arg(wildcards, input):
+    return f"--persistence-in {shlex.quote(input.persistence[0])}" if input.persistence else ""
+
+
+def crds_args():
+    """CRDS context pinned in the config (and the server used when CRDS_SERVER_URL is unset)."""
+    crds = config.get("crds", {})
+    args = []
+    if crds.get("context"):
+        args.append(f"--crds-context {crds['context']}")
+    if crds.get("server_url"):
+        args.append(f"--crds-server-url {crds['server_url']}")
+    return " ".join(args)
+
+
+def stage1_mem_mb(wildcards, input, attempt):
+    """Detector1 holds the ramp as float32 plus DQ and error arrays and per-step copies: ~12x the uncal size."""
+    return int(max(4000, 12 * input.size_mb) * attempt)
+
+
+def stage1_runtime(wildcards, input, attempt):
+    """Minutes: jump detection and ramp fitting dominate and scale with the ramp size."""
+    return int((20 + input.size_mb / 10) * attempt)
+
+
+def miri_background_rates(target, name):
+    """Off-field MIRI rates to subtract from a MIRI science exposure: all dithers of the closest visit.
+
+    The off-field exposures of the same filter whose start is closest in time to the science
+    exposure pick the visit; every exposure of that visit and filter is a background member.
+    Empty for NIRCam, off-field exposures themselves, or when stage2.miri_offfield_background is off.
+    """
+    row = stage12_exposure(target, name, ("uncal", "rate"))
+    if not config.get("stage2", {}).get("miri_offfield_background", True):
+        return []
+    if row["instrument"].upper() != "MIRI" or row["role"] != "science":
+        return []
+    offfield = exposures_of(target, row["filter"], role="offfield")
+    offfield = offfield[offfield["instrument"].str.upper() == "MIRI"]
+    if offfield.empty:
+        return []
+    closest = (offfield["start_mjd"] - row["start_mjd"]).abs().idxmin()
+    visit = offfield.loc[closest, "visit_id"]
+    return [rate_path(target, n) for n in offfield[offfield["visit_id"] == visit]["name"]]
+
+
+def stage2_inputs(wildcards):
+    return {
+        "rate": rate_path(wildcards.target, wildcards.name),
+        "background": miri_background_rates(wildcards.target, wildcards.name),
+    }
+
+
+def stage2_background_arg(wildcards, input):
+    return ("--background " + " ".join(map(shlex.quote, input.background))) if input.background else ""
+
+
+def stage2_mem_mb(wildcards, input, attempt):
+    """Image2 holds the science and background rates and a few same-size work arrays: ~6x the inputs."""
+    return int(max(2000, 6 * input.size_mb) * attempt)
+
+
+def stage2_runtime(wildcards, input, attempt):
+    return int((10 + input.size_mb / 20) * attempt)
+
+
+# ----------------------------------------------------------------------- mosaics (rules/mosaic.smk)
+def mosaic_inputs(wildcards):
+    return final_exposures(wildcards.target, wildcards.filter)
+
+
+def crf_path(target, filter, name):
+    return f"results/{target}/outliers/{filter}/{name}_crf.fits"
+
+
+def outlier_params():
+    od = config["mosaic"]["outlier_detection"]
+    return json_param(
+        {
+            "snr": od["snr"],
+            "scale": od["scale"],
+            "maskpt": od["maskpt"],
+            "pixfrac": config["mosaic"]["pixfrac"],
+            "kernel": config["mosaic"]["kernel"],
+            "weight_type": config["mosaic"]["weight_type"],
+        }
+    )
+
+
+def mosaic_mem_mb(wildcards, input, attempt):
+    """All inputs are held in memory by jwst's steps: ~8x the input size, at least 1 GB."""
+    return int(max(1000, 8 * input.size_mb) * attempt)

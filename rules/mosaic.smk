@@ -1,16 +1,13 @@
 # Stage 3: common grid per target, outlier detection and drizzle per band.
 
 
-def mosaic_inputs(wildcards):
-    return final_exposures(wildcards.target, wildcards.filter)
-
-
 rule mosaic_grid:
     input:
         final_exposures_all_filters,
     output:
         "results/{target}/mosaic/grid.json",
     params:
+        script=script_path("mosaic_grid.py"),
         ra=lambda w: float(target_row(w.target)["ra"]),
         dec=lambda w: float(target_row(w.target)["dec"]),
         scale=config["mosaic"]["pixel_scale_arcsec"],
@@ -24,32 +21,8 @@ rule mosaic_grid:
     conda:
         "../envs/jwst.yaml"
     shell:
-        "python {SCRIPTS}/mosaic_grid.py --log {log} --out {output} --ra {params.ra} --dec {params.dec}"
-        " --pixel-scale {params.scale} --multiples {params.multiples:q} --margin {params.margin}"
-        " --config-hash {CONFIG_HASH} {input}"
-
-
-def crf_path(target, filter, name):
-    return f"results/{target}/outliers/{filter}/{name}_crf.fits"
-
-
-def outlier_params():
-    od = config["mosaic"]["outlier_detection"]
-    return json_param(
-        {
-            "snr": od["snr"],
-            "scale": od["scale"],
-            "maskpt": od["maskpt"],
-            "pixfrac": config["mosaic"]["pixfrac"],
-            "kernel": config["mosaic"]["kernel"],
-            "weight_type": config["mosaic"]["weight_type"],
-        }
-    )
-
-
-def mosaic_mem_mb(wildcards, input, attempt):
-    """All inputs are held in memory by jwst's steps: ~8x the input size, at least 1 GB."""
-    return int(max(1000, 8 * input.size_mb) * attempt)
+        "python {params.script} --log {log} --out {output} --ra {params.ra} --dec {params.dec}"
+        " --pixel-scale {params.scale} --multiples {params.multiples:q} --margin {params.margin} {input}"
 
 
 # Outlier detection writes one crf file per input exposure of the band; the
@@ -66,8 +39,9 @@ for _target in SELECTED.index:
             output:
                 [crf_path(_target, _filter, n) for n in _names],
             params:
+                script=script_path("outlier_detection.py"),
                 od=outlier_params(),
-                out_dir=f"results/{_target}/outliers/{_filter}",
+                out_dir=lambda wildcards, output: os.path.dirname(output[0]),
             log:
                 f"logs/outlier_detection/{_target}/{_filter}.log",
             benchmark:
@@ -78,8 +52,8 @@ for _target in SELECTED.index:
             conda:
                 "../envs/jwst.yaml"
             shell:
-                "python {SCRIPTS}/outlier_detection.py --log {log} --out-dir {params.out_dir}"
-                " --params {params.od:q} --config-hash {CONFIG_HASH} {input}"
+                "python {params.script} --log {log} --out-dir {params.out_dir}"
+                " --params {params.od:q} {input}"
 
 
 rule resample:
@@ -89,6 +63,7 @@ rule resample:
     output:
         "results/{target}/mosaic/{target}_{filter}_i2d.fits",
     params:
+        script=script_path("resample_mosaic.py"),
         resample=json_param(
             {
                 "pixfrac": config["mosaic"]["pixfrac"],
@@ -106,5 +81,5 @@ rule resample:
     conda:
         "../envs/jwst.yaml"
     shell:
-        "python {SCRIPTS}/resample_mosaic.py --log {log} --grid {input.grid} --filter {wildcards.filter}"
-        " --out {output} --params {params.resample:q} --config-hash {CONFIG_HASH} {input.exposures}"
+        "python {params.script} --log {log} --grid {input.grid} --filter {wildcards.filter}"
+        " --out {output} --params {params.resample:q} {input.exposures}"

@@ -1,28 +1,6 @@
 # The synthetic survey (targets whose sheet input is `simulate`): sky model and
 # references per target, exposures per filter, truth mosaics on the common grid.
 
-SIMULATE = f"python {SCRIPTS}/simulate_survey.py"
-
-
-def sim_target_json(target):
-    row = target_row(target)
-    distance = row.get("distance_mpc")
-    return json_param(
-        {
-            "target": target,
-            "ra": float(row["ra"]),
-            "dec": float(row["dec"]),
-            "layout": row["layout"],
-            "program": int(row["program"]),
-            "distance_mpc": None if pd.isna(distance) else float(distance),
-        }
-    )
-
-
-def widefield_names():
-    return [w["name"].lower() for w in config["simulation"]["references"]["widefield"]]
-
-
 rule simulate_sky:
     output:
         truth="results/{target}/truth/sky_truth.json",
@@ -32,6 +10,7 @@ rule simulate_sky:
             "results/{{target}}/references/{{target}}_{name}.fits", name=widefield_names()
         ),
     params:
+        script=script_path("simulate_survey.py"),
         sim=json_param(config["simulation"]),
         target=lambda w: sim_target_json(w.target),
     log:
@@ -44,21 +23,9 @@ rule simulate_sky:
     conda:
         "../envs/jwst.yaml"
     shell:
-        "{SIMULATE} --log {log} sky --sim {params.sim:q} --target {params.target:q}"
+        "python {params.script} --log {log} sky --sim {params.sim:q} --target {params.target:q}"
         " --out-dir results/{wildcards.target}/truth"
         " --references-dir results/{wildcards.target}/references"
-
-
-def simulated_band_outputs(target, filt):
-    names = list(exposures_of(target, filt, role=None)["name"])
-    wisp_cfg = config["simulation"]["effects"]["wisps"]
-    detectors = set(exposures_of(target, filt, role=None)["detector"])
-    wisp_detectors = sorted(detectors & set(wisp_cfg["detectors"])) if filt in wisp_cfg["amplitude_mjysr"] else []
-    return {
-        "cal": [f"results/{target}/simulated/cal/{n}_cal.fits" for n in names],
-        "truth": [f"results/{target}/truth/exposures/{n}_truth.fits" for n in names],
-        "wisps": [f"results/{target}/references/wisps/wisp_{d.lower()}_{filt.lower()}.fits" for d in wisp_detectors],
-    }
 
 
 # One job renders all exposures of a filter (hundreds of small files; a job per
@@ -80,6 +47,7 @@ for _target in [t for t in SELECTED.index if is_simulated(t)]:
                 wisps=_out["wisps"],
                 table=f"results/{_target}/truth/tables/{_filter}_exposures_truth.ecsv",
             params:
+                script=script_path("simulate_survey.py"),
                 sim=json_param(config["simulation"]),
                 target=sim_target_json(_target),
                 filter=_filter,
@@ -94,7 +62,7 @@ for _target in [t for t in SELECTED.index if is_simulated(t)]:
             conda:
                 "../envs/jwst.yaml"
             shell:
-                "{SIMULATE} --log {log} exposures --sim {params.sim:q} --target {params.target:q}"
+                "python {params.script} --log {log} exposures --sim {params.sim:q} --target {params.target:q}"
                 " --filter {params.filter} --sky-dir results/{params.target_name}/truth"
                 " --out-dir results/{params.target_name}/simulated/cal"
                 " --truth-dir results/{params.target_name}/truth/exposures"
@@ -109,12 +77,17 @@ rule simulate_truth_table:
         ],
     output:
         "results/{target}/truth/{target}_exposures_truth.ecsv",
+    params:
+        script=script_path("simulate_survey.py"),
     log:
         "logs/simulate_truth_table/{target}.log",
+    resources:
+        mem_mb=1000,
+        runtime=5,
     conda:
         "../envs/jwst.yaml"
     shell:
-        "{SIMULATE} --log {log} truth-table {input} --out {output}"
+        "python {params.script} --log {log} truth-table {input} --out {output}"
 
 
 rule simulate_truth_mosaic:
@@ -125,6 +98,7 @@ rule simulate_truth_mosaic:
     output:
         "results/{target}/truth/mosaics/{target}_{filter}_truth.fits",
     params:
+        script=script_path("simulate_survey.py"),
         sim=json_param(config["simulation"]),
     log:
         "logs/simulate_truth_mosaic/{target}/{filter}.log",
@@ -136,5 +110,5 @@ rule simulate_truth_mosaic:
     conda:
         "../envs/jwst.yaml"
     shell:
-        "{SIMULATE} --log {log} truth-mosaic --sim {params.sim:q} --filter {wildcards.filter}"
+        "python {params.script} --log {log} truth-mosaic --sim {params.sim:q} --filter {wildcards.filter}"
         " --sky-dir results/{wildcards.target}/truth --grid {input.grid} --out {output}"

@@ -15,8 +15,22 @@ import pandas as pd
 import survey_plan
 
 LEVEL_SUFFIX = {"uncal": "_uncal.fits", "rate": "_rate.fits", "cal": "_cal.fits"}
-TABLE_COLUMNS = ["target", "name", "role", "instrument", "channel", "detector", "filter", "pupil",
-                 "visit_id", "start_mjd", "exptime", "dither", "tile", "previous"]
+TABLE_COLUMNS = [
+    "target",
+    "name",
+    "role",
+    "instrument",
+    "channel",
+    "detector",
+    "filter",
+    "pupil",
+    "visit_id",
+    "start_mjd",
+    "exptime",
+    "dither",
+    "tile",
+    "previous",
+]
 
 
 class SheetError(ValueError):
@@ -25,9 +39,12 @@ class SheetError(ValueError):
 
 def read_targets_sheet(path) -> pd.DataFrame:
     """Read ``config/targets.tsv``; one row per target, indexed by target name."""
-    sheet = pd.read_csv(path, sep="\t", dtype={"target": str, "input": str, "layout": str,
-                                               "input_level": str, "offfield_obs": str, "notes": str},
-                        comment=None).fillna({"input_level": "", "layout": "", "offfield_obs": "", "notes": ""})
+    sheet = pd.read_csv(
+        path,
+        sep="\t",
+        dtype={"target": str, "input": str, "layout": str, "input_level": str, "offfield_obs": str, "notes": str},
+        comment=None,
+    ).fillna({"input_level": "", "layout": "", "offfield_obs": "", "notes": ""})
     duplicated = sheet["target"][sheet["target"].duplicated()].tolist()
     if duplicated:
         raise SheetError(f"{path}: target(s) listed more than once: {', '.join(duplicated)}")
@@ -43,8 +60,7 @@ def select_targets(sheet: pd.DataFrame, wanted) -> pd.DataFrame:
     wanted = list(wanted or [])
     unknown = [w for w in wanted if w not in sheet.index]
     if unknown:
-        raise SheetError(f"target(s) {', '.join(unknown)} not in the targets sheet "
-                         f"(known: {', '.join(sheet.index)})")
+        raise SheetError(f"target(s) {', '.join(unknown)} not in the targets sheet (known: {', '.join(sheet.index)})")
     return sheet.loc[wanted] if wanted else sheet
 
 
@@ -59,13 +75,27 @@ def simulated_rows(row, config) -> list[dict]:
     sim = config["simulation"]
     layout_name = row["layout"]
     if layout_name not in sim["layouts"]:
-        raise SheetError(f"target {row['target']}: layout {layout_name!r} not in simulation.layouts "
-                         f"(known: {', '.join(sim['layouts'])})")
-    plan = survey_plan.plan_target(row["target"], float(row["ra"]), float(row["dec"]),
-                                   sim["layouts"][layout_name], sim["scale"], program=int(row["program"]))
+        raise SheetError(
+            f"target {row['target']}: layout {layout_name!r} not in simulation.layouts "
+            f"(known: {', '.join(sim['layouts'])})"
+        )
+    plan = survey_plan.plan_target(
+        row["target"],
+        float(row["ra"]),
+        float(row["dec"]),
+        sim["layouts"][layout_name],
+        sim["scale"],
+        program=int(row["program"]),
+    )
     previous = survey_plan.previous_on_detector(plan)
-    return [{**{k: getattr(e, k) for k in TABLE_COLUMNS if hasattr(e, k)},
-             "visit_id": e.visit_id, "previous": previous[e.name] or ""} for e in plan]
+    return [
+        {
+            **{k: getattr(e, k) for k in TABLE_COLUMNS if hasattr(e, k)},
+            "visit_id": e.visit_id,
+            "previous": previous[e.name] or "",
+        }
+        for e in plan
+    ]
 
 
 def real_rows(row, config) -> list[dict]:
@@ -86,8 +116,9 @@ def real_rows(row, config) -> list[dict]:
             header = fits.getheader(path, 0)
         except Exception as exc:
             raise SheetError(f"{path}: cannot read the primary header ({exc})") from exc
-        missing = [k for k in ("INSTRUME", "DETECTOR", "FILTER", "EXPSTART", "PROGRAM", "OBSERVTN", "VISIT")
-                   if k not in header]
+        missing = [
+            k for k in ("INSTRUME", "DETECTOR", "FILTER", "EXPSTART", "PROGRAM", "OBSERVTN", "VISIT") if k not in header
+        ]
         if missing:
             raise SheetError(f"{path}: primary header lacks {', '.join(missing)}")
         filt = header["FILTER"].strip()
@@ -96,16 +127,23 @@ def real_rows(row, config) -> list[dict]:
         except ValueError as exc:
             raise SheetError(f"{path}: {exc}") from exc
         program, obs, visit = str(header["PROGRAM"]), str(header["OBSERVTN"]), str(header["VISIT"])
-        rows.append({
-            "target": row["target"], "name": path.name[: -len(LEVEL_SUFFIX[level])],
-            "role": "offfield" if obs.zfill(3) in offfield else "science",
-            "instrument": header["INSTRUME"].strip(), "channel": channel,
-            "detector": header["DETECTOR"].strip(), "filter": filt,
-            "pupil": str(header.get("PUPIL", "CLEAR")).strip(),
-            "visit_id": f"{program.zfill(5)}{obs.zfill(3)}{visit.zfill(3)}",
-            "start_mjd": float(header["EXPSTART"]), "exptime": float(header.get("EFFEXPTM", 0.0)),
-            "dither": int(header.get("PATT_NUM", 1)), "tile": int(visit),
-        })
+        rows.append(
+            {
+                "target": row["target"],
+                "name": path.name[: -len(LEVEL_SUFFIX[level])],
+                "role": "offfield" if obs.zfill(3) in offfield else "science",
+                "instrument": header["INSTRUME"].strip(),
+                "channel": channel,
+                "detector": header["DETECTOR"].strip(),
+                "filter": filt,
+                "pupil": str(header.get("PUPIL", "CLEAR")).strip(),
+                "visit_id": f"{program.zfill(5)}{obs.zfill(3)}{visit.zfill(3)}",
+                "start_mjd": float(header["EXPSTART"]),
+                "exptime": float(header.get("EFFEXPTM", 0.0)),
+                "dither": int(header.get("PATT_NUM", 1)),
+                "tile": int(visit),
+            }
+        )
     return with_previous(rows)
 
 

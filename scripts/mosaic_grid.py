@@ -40,8 +40,15 @@ def tangent_offsets_arcsec(ra, dec, ra0, dec0):
     return np.degrees(xi) * 3600, np.degrees(eta) * 3600
 
 
-def common_grid(vertices_by_filter: dict, channel_by_filter: dict, ra0: float, dec0: float,
-                base_scale: float, multiples: dict, margin: float) -> dict:
+def common_grid(
+    vertices_by_filter: dict,
+    channel_by_filter: dict,
+    ra0: float,
+    dec0: float,
+    base_scale: float,
+    multiples: dict,
+    margin: float,
+) -> dict:
     """Grids of all filters: same tangent point, orientation and outer edges.
 
     East is to the left (x grows westwards), north up. The union of all
@@ -54,7 +61,7 @@ def common_grid(vertices_by_filter: dict, channel_by_filter: dict, ra0: float, d
         eta.append(y)
     xi, eta = np.concatenate(xi), np.concatenate(eta)
     coarse = base_scale * max(multiples[channel_by_filter[f]] for f in vertices_by_filter)
-    west = math.ceil((-xi.min() + margin) / coarse) * coarse   # x axis points west: -xi
+    west = math.ceil((-xi.min() + margin) / coarse) * coarse  # x axis points west: -xi
     east = math.floor((-xi.max() - margin) / coarse) * coarse
     south = math.floor((eta.min() - margin) / coarse) * coarse
     north = math.ceil((eta.max() + margin) / coarse) * coarse
@@ -64,10 +71,13 @@ def common_grid(vertices_by_filter: dict, channel_by_filter: dict, ra0: float, d
         nx = int(round((west - east) / scale))
         ny = int(round((north - south) / scale))
         # pixel centre i sits at -xi = east + (i + 0.5) * scale; the tangent point at -xi = 0
-        grids[filt] = {"pixel_scale": scale, "shape": [ny, nx],
-                       "crpix": [-east / scale - 0.5, -south / scale - 0.5]}
-    return {"crval": [ra0, dec0], "rotation": 0.0, "filters": grids,
-            "extent_arcsec": {"east": -east, "west": -west, "south": south, "north": north}}
+        grids[filt] = {"pixel_scale": scale, "shape": [ny, nx], "crpix": [-east / scale - 0.5, -south / scale - 0.5]}
+    return {
+        "crval": [ra0, dec0],
+        "rotation": 0.0,
+        "filters": grids,
+        "extent_arcsec": {"east": -east, "west": -west, "south": south, "north": north},
+    }
 
 
 def read_footprints(paths):
@@ -96,8 +106,11 @@ def main(argv=None):
     parser.add_argument("--ra", type=float, required=True, help="tangent point RA (deg)")
     parser.add_argument("--dec", type=float, required=True, help="tangent point Dec (deg)")
     parser.add_argument("--pixel-scale", type=float, default=0.031, help="finest pixel scale (arcsec)")
-    parser.add_argument("--multiples", default='{"NRC_SW": 1, "NRC_LW": 2, "MIRI": 3}',
-                        help="JSON: integer multiple of the finest scale per channel")
+    parser.add_argument(
+        "--multiples",
+        default='{"NRC_SW": 1, "NRC_LW": 2, "MIRI": 3}',
+        help="JSON: integer multiple of the finest scale per channel",
+    )
     parser.add_argument("--margin", type=float, default=1.0, help="margin around the footprints (arcsec)")
     parser.add_argument("--config-hash", default=None)
     parser.add_argument("--log")
@@ -105,10 +118,15 @@ def main(argv=None):
     wfutils.setup_logging(args.log)
     vertices, channels = read_footprints(args.inputs)
     grid = common_grid(vertices, channels, args.ra, args.dec, args.pixel_scale, json.loads(args.multiples), args.margin)
-    grid["provenance"] = {"workflow_version": wfutils.workflow_version(), "config_hash": args.config_hash,
-                          "n_inputs": len(args.inputs)}
+    grid["provenance"] = {
+        "workflow_version": wfutils.workflow_version(),
+        "config_hash": args.config_hash,
+        "n_inputs": len(args.inputs),
+    }
     for filt, spec in grid["filters"].items():
-        log.info("grid %s: %d x %d pixels of %.3f arcsec", filt, spec["shape"][1], spec["shape"][0], spec["pixel_scale"])
+        log.info(
+            "grid %s: %d x %d pixels of %.3f arcsec", filt, spec["shape"][1], spec["shape"][0], spec["pixel_scale"]
+        )
     wfutils.write_text(json.dumps(grid, indent=1), args.out)
 
 

@@ -51,8 +51,10 @@ def main(argv=None):
         wfutils.check_image_file(path)
     params = json.loads(args.params)
     if len(args.inputs) < 2:
-        log.warning("only %d exposure: outlier detection needs overlapping exposures; copying flags as they are",
-                    len(args.inputs))
+        log.warning(
+            "only %d exposure: outlier detection needs overlapping exposures; copying flags as they are",
+            len(args.inputs),
+        )
         params["skip"] = True
     result = flag_outliers(args.inputs, params)
     from stdatamodels.jwst.datamodels import dqflags
@@ -62,8 +64,9 @@ def main(argv=None):
             model = result.borrow(i)
             name = Path(args.inputs[i]).name
             flagged = int(np.count_nonzero(model.dq & dqflags.pixel["OUTLIER"]))
-            wfutils.save_model(model, Path(args.out_dir) / crf_name(name), [args.inputs[i]],
-                               args.config_hash, "outlier_detection")
+            wfutils.save_model(
+                model, Path(args.out_dir) / crf_name(name), [args.inputs[i]], args.config_hash, "outlier_detection"
+            )
             log.info("%d/%d %s: %d pixels flagged as outliers", i + 1, len(result), name, flagged)
             result.shelve(model, i, modify=False)
 

@@ -24,8 +24,14 @@ def resample_parameters(grid: dict, filter_name: str, params: dict) -> dict:
     except KeyError:
         raise wfutils.InputError(f"grid has no entry for filter {filter_name}") from None
     ny, nx = spec["shape"]
-    return {**params, "crval": list(grid["crval"]), "crpix": list(spec["crpix"]), "rotation": grid["rotation"],
-            "pixel_scale": spec["pixel_scale"], "output_shape": [nx, ny]}
+    return {
+        **params,
+        "crval": list(grid["crval"]),
+        "crpix": list(spec["crpix"]),
+        "rotation": grid["rotation"],
+        "pixel_scale": spec["pixel_scale"],
+        "output_shape": [nx, ny],
+    }
 
 
 def resample(paths, parameters: dict):
@@ -52,8 +58,13 @@ def main(argv=None):
     with open(args.grid) as fh:
         grid = json.load(fh)
     parameters = resample_parameters(grid, args.filter, json.loads(args.params))
-    log.info("drizzling %d exposures of %s onto %s pixels of %.3f arcsec", len(args.inputs), args.filter,
-             parameters["output_shape"], parameters["pixel_scale"])
+    log.info(
+        "drizzling %d exposures of %s onto %s pixels of %.3f arcsec",
+        len(args.inputs),
+        args.filter,
+        parameters["output_shape"],
+        parameters["pixel_scale"],
+    )
     mosaic = resample(args.inputs, parameters)
     wfutils.save_model(mosaic, args.out, args.inputs, args.config_hash, "resample")
     log.info("wrote %s", args.out)

@@ -66,7 +66,11 @@ def psf_components(filter_name: str, psf_cfg: dict) -> list[tuple[float, float]]
 def source_flux_ujy(sources: dict, filter_name: str) -> np.ndarray:
     """Band flux density (micro-Jy) of each source: power law in wavelength plus a PAH term."""
     lam = band_wavelength(filter_name)
-    return sources["flux_2um"] * (lam / 2.0) ** sources["alpha"] * (1.0 + sources["pah"] * PAH_WEIGHT.get(filter_name, 0.0))
+    return (
+        sources["flux_2um"]
+        * (lam / 2.0) ** sources["alpha"]
+        * (1.0 + sources["pah"] * PAH_WEIGHT.get(filter_name, 0.0))
+    )
 
 
 def smooth_amplitudes(model: dict, filter_name: str) -> tuple[float, float]:
@@ -184,11 +188,16 @@ def build_sky_model(target: dict, layout: dict, sim: dict) -> tuple[dict, dict]:
     radius = survey_extent_arcsec(layout, sim["scale"])
     disk = kind_cfg["disk"]
     model = {
-        "ra": target["ra"], "dec": target["dec"], "radius_arcsec": radius,
-        "stellar_amp_2um": disk["stellar_amp_2um"], "dust_amp": disk["dust_amp"],
+        "ra": target["ra"],
+        "dec": target["dec"],
+        "radius_arcsec": radius,
+        "stellar_amp_2um": disk["stellar_amp_2um"],
+        "dust_amp": disk["dust_amp"],
         "scale_length_arcsec": disk["scale_fraction"] * radius,
-        "axis_ratio": disk["axis_ratio"], "position_angle_deg": disk["position_angle_deg"],
-        "arm_pitch_deg": disk["arm_pitch_deg"], "arm_width_arcsec": disk["arm_width_fraction"] * radius,
+        "axis_ratio": disk["axis_ratio"],
+        "position_angle_deg": disk["position_angle_deg"],
+        "arm_pitch_deg": disk["arm_pitch_deg"],
+        "arm_width_arcsec": disk["arm_width_fraction"] * radius,
         "arm_count": disk["arm_count"],
     }
     sources = draw_sources(kind_cfg, 1.2 * radius, rng, float(target.get("distance_mpc") or 10.0))
@@ -220,7 +229,7 @@ def smooth_emission(model: dict, filter_name: str, xi, eta) -> np.ndarray:
 def add_gaussian_sources(image, x, y, flux_ujy, sigma_arcsec, psf, pixscale):
     """Add PSF-convolved Gaussian sources (analytic convolution) to ``image`` in place, in MJy/sr."""
     ny, nx = image.shape
-    for xc, yc, f, s in zip(x, y, flux_ujy, sigma_arcsec):
+    for xc, yc, f, s in zip(x, y, flux_ujy, sigma_arcsec, strict=True):
         for weight, psf_sigma in psf:
             sig = math.sqrt(s * s + psf_sigma * psf_sigma)
             sig_pix = sig / pixscale
@@ -256,8 +265,16 @@ def draw_pointing_errors(target: str, exposures, sim: dict) -> dict:
     cfg = sim["effects"]["pointing_errors"]
     rng = np.random.default_rng(zlib.crc32(f"{sim['seed']}:{target}:pointing".encode()))
     if not cfg["enabled"]:
-        return {e.visit_id: {"east_arcsec": 0.0, "north_arcsec": 0.0, "rotation_deg": 0.0,
-                             "ra_center": e.point_ra, "dec_center": e.point_dec} for e in exposures}
+        return {
+            e.visit_id: {
+                "east_arcsec": 0.0,
+                "north_arcsec": 0.0,
+                "rotation_deg": 0.0,
+                "ra_center": e.point_ra,
+                "dec_center": e.point_dec,
+            }
+            for e in exposures
+        }
     angle = rng.uniform(0, 2 * np.pi)
     abs_east = cfg["absolute_shift_arcsec"] * math.cos(angle)
     abs_north = cfg["absolute_shift_arcsec"] * math.sin(angle)
@@ -275,7 +292,8 @@ def draw_pointing_errors(target: str, exposures, sim: dict) -> dict:
             "rotation_deg": abs_rot + rng.uniform(-1, 1) * cfg["visit_rotation_deg"],
             "relative_east_arcsec": shift * math.cos(angle),
             "relative_north_arcsec": shift * math.sin(angle),
-            "ra_center": ra_c, "dec_center": dec_c,
+            "ra_center": ra_c,
+            "dec_center": dec_c,
         }
     return errors
 
@@ -302,9 +320,15 @@ def wcsinfo_for(attitude, exp, scale):
     v2, v3 = survey_plan.detector_v2v3(exp.detector, scale)
     ra, dec = rotations.pointing(attitude, v2, v3)
     geo = survey_plan.CHANNELS[exp.channel]
-    return {"v2_ref": v2, "v3_ref": v3, "ra_ref": float(ra), "dec_ref": float(dec),
-            "roll_ref": float(rotations.posangle(attitude, v2, v3)),
-            "v3yangle": geo["v3yangle"], "vparity": geo["vparity"]}
+    return {
+        "v2_ref": v2,
+        "v3_ref": v3,
+        "ra_ref": float(ra),
+        "dec_ref": float(dec),
+        "roll_ref": float(rotations.posangle(attitude, v2, v3)),
+        "v3yangle": geo["v3yangle"],
+        "vparity": geo["vparity"],
+    }
 
 
 def build_gwcs(model, exp, scale):
@@ -322,9 +346,11 @@ def build_gwcs(model, exp, scale):
     theta = math.radians(geo["v3yangle"])
     p = geo["vparity"]
     matrix = np.array([[p * math.cos(theta), math.sin(theta)], [-p * math.sin(theta), math.cos(theta)]])
-    distortion = ((am.Shift(-(nx - 1) / 2) & am.Shift(-(ny - 1) / 2))
-                  | (am.Scale(geo["pixscale"]) & am.Scale(geo["pixscale"]))
-                  | am.AffineTransformation2D(matrix=matrix, translation=[info.v2_ref, info.v3_ref]))
+    distortion = (
+        (am.Shift(-(nx - 1) / 2) & am.Shift(-(ny - 1) / 2))
+        | (am.Scale(geo["pixscale"]) & am.Scale(geo["pixscale"]))
+        | am.AffineTransformation2D(matrix=matrix, translation=[info.v2_ref, info.v3_ref])
+    )
     detector = cf.Frame2D(name="detector", axes_order=(0, 1), unit=(u.pix, u.pix))
     v2v3 = cf.Frame2D(name="v2v3", axes_order=(0, 1), axes_names=("v2", "v3"), unit=(u.arcsec, u.arcsec))
     world = cf.CelestialFrame(reference_frame=coord.ICRS(), name="world")
@@ -353,7 +379,7 @@ def one_over_f_pattern(shape, row_rms, col_rms, rng, n_amp=4, common_fraction=0.
     pattern = np.zeros(shape)
     for amp in range(n_amp):
         rows = math.sqrt(common_fraction) * common + math.sqrt(1 - common_fraction) * pink_series(ny, rng)
-        pattern[:, amp * width:(amp + 1) * width] += row_rms * rows[:, None]
+        pattern[:, amp * width : (amp + 1) * width] += row_rms * rows[:, None]
     pattern += col_rms * pink_series(nx, rng)[None, :]
     return pattern
 
@@ -430,8 +456,9 @@ class ExposureRenderer:
 
     def header_attitude(self, exp):
         err = self.errors[exp.visit_id]
-        rot = pointing_error_matrix(err["ra_center"], err["dec_center"], err["east_arcsec"],
-                                    err["north_arcsec"], err["rotation_deg"])
+        rot = pointing_error_matrix(
+            err["ra_center"], err["dec_center"], err["east_arcsec"], err["north_arcsec"], err["rotation_deg"]
+        )
         return rot @ true_attitude(exp)
 
     def new_model(self, exp, attitude):
@@ -453,8 +480,16 @@ class ExposureRenderer:
         wcs = model.meta.wcs
         geo = survey_plan.CHANNELS[exp.channel]
         psf = psf_components(exp.filter, self.sim["psf"])
-        return render_sky(self.model, self.sources, exp.filter, psf, model.data.shape, geo["pixscale"],
-                          lambda x, y: wcs(x, y), lambda ra, dec: wcs.invert(ra, dec))
+        return render_sky(
+            self.model,
+            self.sources,
+            exp.filter,
+            psf,
+            model.data.shape,
+            geo["pixscale"],
+            lambda x, y: wcs(x, y),
+            lambda ra, dec: wcs.invert(ra, dec),
+        )
 
     def background(self, exp):
         """Zodiacal/thermal background (MJy/sr) plus a per-exposure offset."""
@@ -504,12 +539,18 @@ class ExposureRenderer:
         model = self.new_model(prev, true_attitude(prev))
         x, y = model.meta.wcs.invert(self.sources["ra"][stars], self.sources["dec"][stars])
         weight, sigma = psf_components(prev.filter, self.sim["psf"])[0]
-        peak = weight * source_flux_ujy(self.sources, prev.filter)[stars] * 1e-6 / (2 * math.pi * sigma**2) * MJYSR_PER_JY_ARCSEC2
+        peak = (
+            weight
+            * source_flux_ujy(self.sources, prev.filter)[stars]
+            * 1e-6
+            / (2 * math.pi * sigma**2)
+            * MJYSR_PER_JY_ARCSEC2
+        )
         sat = self.saturation_mjysr(prev)
         pixscale = survey_plan.CHANNELS[prev.channel]["pixscale"]
         ny, nx = model.data.shape
         events = []
-        for xs, ys, pk in zip(x, y, peak):
+        for xs, ys, pk in zip(x, y, peak, strict=True):
             if np.isfinite(xs) and 0 <= xs < nx and 0 <= ys < ny and pk > sat:
                 radius = sigma / pixscale * math.sqrt(2 * math.log(pk / sat)) + 0.5
                 events.append((float(xs), float(ys), float(radius), age))
@@ -547,9 +588,12 @@ class ExposureRenderer:
         extra = np.zeros(shape)
         if exp.instrument == "NIRCAM" and self.effects["one_over_f"]["enabled"]:
             cfg = self.effects["one_over_f"]
-            stripes = one_over_f_pattern(shape, cfg["row_rms_mjysr"][exp.channel],
-                                         cfg["column_fraction"] * cfg["row_rms_mjysr"][exp.channel],
-                                         self.rng_for(exp.name, "1/f"))
+            stripes = one_over_f_pattern(
+                shape,
+                cfg["row_rms_mjysr"][exp.channel],
+                cfg["column_fraction"] * cfg["row_rms_mjysr"][exp.channel],
+                self.rng_for(exp.name, "1/f"),
+            )
             truth["STRIPES"] = stripes
             extra += stripes
         wisp = self.wisps.get((exp.detector, exp.filter))
@@ -572,7 +616,9 @@ class ExposureRenderer:
             truth["CR"] = residual
             extra += residual
         if self.effects["snowballs"]["enabled"] and exp.instrument == "NIRCAM":
-            halo, core, events = snowballs(shape, self.effects["snowballs"], exp.exptime, self.rng_for(exp.name, "snowball"))
+            halo, core, events = snowballs(
+                shape, self.effects["snowballs"], exp.exptime, self.rng_for(exp.name, "snowball")
+            )
             dq[core] |= flags["JUMP_DET"]
             truth["SNOWBALL"] = halo
             extra += halo
@@ -583,14 +629,18 @@ class ExposureRenderer:
         flat_err = det["flat_error"]
         flat = 1.0 + flat_err * self.rng_for(exp.detector, "flat").standard_normal(shape)
         var_flat = (flat_err * np.clip(signal, 0, None)) ** 2
-        noise = rng.standard_normal(shape) * np.sqrt(var_poisson + var_rnoise) if self.effects["noise"]["enabled"] else 0.0
+        noise = (
+            rng.standard_normal(shape) * np.sqrt(var_poisson + var_rnoise) if self.effects["noise"]["enabled"] else 0.0
+        )
         if not self.effects["noise"]["enabled"]:
             flat = np.ones(shape)
         science = signal * flat + noise + extra
 
-        sat = self.saturation_mjysr(exp)
-        dq[signal > sat] |= flags["SATURATED"]
-        dead = signal > 50 * sat
+        dead = np.zeros(shape, bool)
+        if self.effects["saturation"]["enabled"]:
+            sat = self.saturation_mjysr(exp)
+            dq[signal > sat] |= flags["SATURATED"]
+            dead |= signal > self.effects["saturation"]["unusable_factor"] * sat
         if self.effects["bad_pixels"]["enabled"]:
             bad_rng = self.rng_for(exp.detector, "bad-pixels")
             dead |= bad_rng.uniform(0, 1, shape) < self.effects["bad_pixels"]["fraction"]
@@ -688,7 +738,7 @@ def region_mask(shape, fractions):
     ny, nx = shape
     x0, x1, y0, y1 = fractions
     mask = np.zeros(shape, bool)
-    mask[int(round(y0 * ny)):int(round(y1 * ny)), int(round(x0 * nx)):int(round(x1 * nx))] = True
+    mask[int(round(y0 * ny)) : int(round(y1 * ny)), int(round(x0 * nx)) : int(round(x1 * nx))] = True
     return mask
 
 
@@ -704,7 +754,9 @@ def write_refcat(sources, sim, path, rng, cfg_hash):
     err = cfg["position_error_mas"] / 3600e3
     dec = sources["dec"][keep] + rng.normal(0, err, keep.sum())
     ra = sources["ra"][keep] + rng.normal(0, err, keep.sum()) / np.cos(np.radians(dec))
-    table = Table({"ra": ra, "dec": dec, "mag": mag[keep], "pos_err_mas": np.full(keep.sum(), cfg["position_error_mas"])})
+    table = Table(
+        {"ra": ra, "dec": dec, "mag": mag[keep], "pos_err_mas": np.full(keep.sum(), cfg["position_error_mas"])}
+    )
     table.meta.update({"description": "synthetic HST-like astrometric reference catalog", "config_hash": cfg_hash})
     wfutils.write_text("\n".join(table_lines(table)) + "\n", path)
 
@@ -740,17 +792,28 @@ def write_widefield(model, sources, spec, path, rng, inputs, cfg_hash):
     n = int(math.ceil(size / spec["pixscale_arcsec"]))
     wcs = celestial_wcs(model["ra"], model["dec"], spec["pixscale_arcsec"], (n, n))
     oversample = 3
-    fine = celestial_wcs(model["ra"], model["dec"], spec["pixscale_arcsec"] / oversample, (n * oversample, n * oversample))
-    yy, xx = np.mgrid[0:n * oversample, 0:n * oversample]
+    fine = celestial_wcs(
+        model["ra"], model["dec"], spec["pixscale_arcsec"] / oversample, (n * oversample, n * oversample)
+    )
+    yy, xx = np.mgrid[0 : n * oversample, 0 : n * oversample]
     ra, dec = fine.pixel_to_world_values(xx, yy)
     xi, eta = tangent_offsets(ra, dec, model["ra"], model["dec"])
     smooth = smooth_emission(model, spec["proxy_band"], xi, eta)
     sigma_fine = spec["fwhm_arcsec"] / 2.3548 / (spec["pixscale_arcsec"] / oversample)
-    smooth = gaussian_filter(smooth, sigma_fine, mode="constant").reshape(n, oversample, n, oversample).mean(axis=(1, 3))
+    smooth = (
+        gaussian_filter(smooth, sigma_fine, mode="constant").reshape(n, oversample, n, oversample).mean(axis=(1, 3))
+    )
     image = smooth
     x, y = wcs.world_to_pixel_values(sources["ra"], sources["dec"])
-    add_gaussian_sources(image, x, y, source_flux_ujy(sources, spec["proxy_band"]), sources["sigma"],
-                         [(1.0, spec["fwhm_arcsec"] / 2.3548)], spec["pixscale_arcsec"])
+    add_gaussian_sources(
+        image,
+        x,
+        y,
+        source_flux_ujy(sources, spec["proxy_band"]),
+        sources["sigma"],
+        [(1.0, spec["fwhm_arcsec"] / 2.3548)],
+        spec["pixscale_arcsec"],
+    )
     image = spec["flux_ratio"] * image + rng.normal(0, spec["noise_mjysr"], image.shape)
     header = wcs.to_header()
     header["BUNIT"] = "MJy/sr"
@@ -778,9 +841,13 @@ def wisp_file_name(detector, filter_name):
 def wisp_targets(plan, sim, filter_name=None):
     """(detector, filter) pairs of the plan that get wisps (optionally of one filter)."""
     cfg = sim["effects"]["wisps"]
-    return sorted({(e.detector, e.filter) for e in plan
-                   if e.detector in cfg["detectors"] and e.filter in cfg["amplitude_mjysr"]
-                   and filter_name in (None, e.filter)})
+    return sorted(
+        {
+            (e.detector, e.filter)
+            for e in plan
+            if e.detector in cfg["detectors"] and e.filter in cfg["amplitude_mjysr"] and filter_name in (None, e.filter)
+        }
+    )
 
 
 # --------------------------------------------------------------------------- truth I/O
@@ -823,8 +890,9 @@ def load_sim_config(text_or_path: str) -> dict:
 
 def target_plan(target, sim):
     layout = sim["layouts"][target["layout"]]
-    return survey_plan.plan_target(target["target"], target["ra"], target["dec"], layout, sim["scale"],
-                                   program=target["program"])
+    return survey_plan.plan_target(
+        target["target"], target["ra"], target["dec"], layout, sim["scale"], program=target["program"]
+    )
 
 
 def command_sky(args):
@@ -836,18 +904,30 @@ def command_sky(args):
     errors = draw_pointing_errors(target["target"], plan, sim)
     out = Path(args.out_dir)
     cfg_hash = wfutils.config_hash(sim)
-    truth = {"target": target, "sky_model": model, "pointing_errors": errors, "scale": sim["scale"],
-             "seed": sim["seed"], "effects": sim["effects"]}
+    truth = {
+        "target": target,
+        "sky_model": model,
+        "pointing_errors": errors,
+        "scale": sim["scale"],
+        "seed": sim["seed"],
+        "effects": sim["effects"],
+    }
     wfutils.write_text(json.dumps(truth, indent=1, default=float), out / "sky_truth.json")
     wfutils.write_text("\n".join(table_lines(sources_table(sources))) + "\n", out / "sky_sources.ecsv")
     rng = np.random.default_rng(zlib.crc32(f"{sim['seed']}:{target['target']}:references".encode()))
     refs = Path(args.references_dir)
     write_refcat(sources, sim, refs / f"{target['target']}_refcat.ecsv", rng, cfg_hash)
     for spec in sim["references"]["widefield"]:
-        write_widefield(model, sources, spec, refs / f"{target['target']}_{spec['name'].lower()}.fits",
-                        rng, [], cfg_hash)
-    log.info("sky model of %s: %d compact sources, radius %.1f arcsec, %d visits",
-             target["target"], len(sources["ra"]), model["radius_arcsec"], len(errors))
+        write_widefield(
+            model, sources, spec, refs / f"{target['target']}_{spec['name'].lower()}.fits", rng, [], cfg_hash
+        )
+    log.info(
+        "sky model of %s: %d compact sources, radius %.1f arcsec, %d visits",
+        target["target"],
+        len(sources["ra"]),
+        model["radius_arcsec"],
+        len(errors),
+    )
 
 
 def command_exposures(args):
@@ -861,10 +941,17 @@ def command_exposures(args):
     for detector, filt in wisp_targets(plan, sim, args.filter):
         shape = survey_plan.detector_shape(survey_plan.channel_of(filt), sim["scale"])
         wisps[(detector, filt)] = sim["effects"]["wisps"]["amplitude_mjysr"][filt] * wisp_template(shape, detector)
-        write_wisp_template(wisps[(detector, filt)], detector, filt,
-                            Path(args.wisp_dir) / wisp_file_name(detector, filt), [], wfutils.config_hash(sim))
-    renderer = ExposureRenderer(target["target"], truth["sky_model"], sources, plan,
-                                truth["pointing_errors"], sim, wisps)
+        write_wisp_template(
+            wisps[(detector, filt)],
+            detector,
+            filt,
+            Path(args.wisp_dir) / wisp_file_name(detector, filt),
+            [],
+            wfutils.config_hash(sim),
+        )
+    renderer = ExposureRenderer(
+        target["target"], truth["sky_model"], sources, plan, truth["pointing_errors"], sim, wisps
+    )
     selected = [e for e in plan if e.filter == args.filter]
     cfg_hash = wfutils.config_hash(sim)
     inputs = [str(Path(args.sky_dir) / "sky_truth.json")]
@@ -879,8 +966,18 @@ def command_exposures(args):
     wfutils.write_text("\n".join(table_lines(table)) + "\n", args.truth_table)
 
 
-TRUTH_COLUMNS = ["exposure", "filter", "detector", "visit_id", "background_mjysr", "offset_mjysr",
-                 "lyot_offset_mjysr", "wisp_scale", "persistence_pixels", "snowballs"]
+TRUTH_COLUMNS = [
+    "exposure",
+    "filter",
+    "detector",
+    "visit_id",
+    "background_mjysr",
+    "offset_mjysr",
+    "lyot_offset_mjysr",
+    "wisp_scale",
+    "persistence_pixels",
+    "snowballs",
+]
 
 
 def command_truth_mosaic(args):
@@ -893,14 +990,27 @@ def command_truth_mosaic(args):
     shape = tuple(spec["shape"])
     wcs = celestial_wcs(grid["crval"][0], grid["crval"][1], spec["pixel_scale"], shape, crpix=spec["crpix"])
     psf = psf_components(args.filter, sim["psf"])
-    image = render_sky(truth["sky_model"], sources, args.filter, psf, shape, spec["pixel_scale"],
-                       wcs.pixel_to_world_values, wcs.world_to_pixel_values)
+    image = render_sky(
+        truth["sky_model"],
+        sources,
+        args.filter,
+        psf,
+        shape,
+        spec["pixel_scale"],
+        wcs.pixel_to_world_values,
+        wcs.world_to_pixel_values,
+    )
     header = wcs.to_header()
     header["BUNIT"] = "MJy/sr"
     header["FILTER"] = args.filter
     hdul = fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(image.astype(np.float32), header, name="SCI")])
-    wfutils.write_hdulist(hdul, args.out, [args.grid, str(Path(args.sky_dir) / "sky_truth.json")],
-                          wfutils.config_hash(sim), "simulate_truth_mosaic")
+    wfutils.write_hdulist(
+        hdul,
+        args.out,
+        [args.grid, str(Path(args.sky_dir) / "sky_truth.json")],
+        wfutils.config_hash(sim),
+        "simulate_truth_mosaic",
+    )
     log.info("truth mosaic %s %s: shape %s", truth["target"]["target"], args.filter, shape)
 
 
@@ -944,8 +1054,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     wfutils.setup_logging(args.log)
-    commands = {"sky": command_sky, "exposures": command_exposures, "truth-mosaic": command_truth_mosaic,
-                "truth-table": command_truth_table}
+    commands = {
+        "sky": command_sky,
+        "exposures": command_exposures,
+        "truth-mosaic": command_truth_mosaic,
+        "truth-table": command_truth_table,
+    }
     commands[args.command](args)
 
 

@@ -20,32 +20,85 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 NIRCAM_SW_FILTERS = {
-    "F070W", "F090W", "F115W", "F140M", "F150W", "F162M", "F164N", "F150W2",
-    "F182M", "F187N", "F200W", "F210M", "F212N",
+    "F070W",
+    "F090W",
+    "F115W",
+    "F140M",
+    "F150W",
+    "F162M",
+    "F164N",
+    "F150W2",
+    "F182M",
+    "F187N",
+    "F200W",
+    "F210M",
+    "F212N",
 }
 NIRCAM_LW_FILTERS = {
-    "F250M", "F277W", "F300M", "F322W2", "F323N", "F335M", "F356W", "F360M",
-    "F405N", "F410M", "F430M", "F444W", "F460M", "F466N", "F470N", "F480M",
+    "F250M",
+    "F277W",
+    "F300M",
+    "F322W2",
+    "F323N",
+    "F335M",
+    "F356W",
+    "F360M",
+    "F405N",
+    "F410M",
+    "F430M",
+    "F444W",
+    "F460M",
+    "F466N",
+    "F470N",
+    "F480M",
 }
 MIRI_FILTERS = {
-    "F560W", "F770W", "F1000W", "F1130W", "F1280W", "F1500W", "F1800W",
-    "F2100W", "F2550W",
+    "F560W",
+    "F770W",
+    "F1000W",
+    "F1130W",
+    "F1280W",
+    "F1500W",
+    "F1800W",
+    "F2100W",
+    "F2550W",
 }
 
 # Native detector geometry (full frame), pixel scale in arcsec.
 CHANNELS = {
-    "NRC_SW": {"instrument": "NIRCAM", "nx": 2048, "ny": 2048, "pixscale": 0.031,
-               "exp_type": "NRC_IMAGE", "v3yangle": -0.56, "vparity": -1},
-    "NRC_LW": {"instrument": "NIRCAM", "nx": 2048, "ny": 2048, "pixscale": 0.063,
-               "exp_type": "NRC_IMAGE", "v3yangle": -0.56, "vparity": -1},
-    "MIRI": {"instrument": "MIRI", "nx": 1032, "ny": 1024, "pixscale": 0.11,
-             "exp_type": "MIR_IMAGE", "v3yangle": 4.45, "vparity": -1},
+    "NRC_SW": {
+        "instrument": "NIRCAM",
+        "nx": 2048,
+        "ny": 2048,
+        "pixscale": 0.031,
+        "exp_type": "NRC_IMAGE",
+        "v3yangle": -0.56,
+        "vparity": -1,
+    },
+    "NRC_LW": {
+        "instrument": "NIRCAM",
+        "nx": 2048,
+        "ny": 2048,
+        "pixscale": 0.063,
+        "exp_type": "NRC_IMAGE",
+        "v3yangle": -0.56,
+        "vparity": -1,
+    },
+    "MIRI": {
+        "instrument": "MIRI",
+        "nx": 1032,
+        "ny": 1024,
+        "pixscale": 0.11,
+        "exp_type": "MIR_IMAGE",
+        "v3yangle": 4.45,
+        "vparity": -1,
+    },
 }
-NIRCAM_V2V3_CENTER = (0.0, -492.0)   # arcsec, centre of the NIRCam field
+NIRCAM_V2V3_CENTER = (0.0, -492.0)  # arcsec, centre of the NIRCam field
 MIRI_V2V3_CENTER = (-415.0, -400.0)  # arcsec, MIRI imager centre (about 7' away)
-NIRCAM_MODULE_SEPARATION = 172.0     # arcsec between module centres (full size)
-NIRCAM_SW_GAP = 5.0                  # arcsec between SW detectors (full size)
-REFERENCE_BORDER = 4                 # reference pixels on each edge (NIRCam)
+NIRCAM_MODULE_SEPARATION = 172.0  # arcsec between module centres (full size)
+NIRCAM_SW_GAP = 5.0  # arcsec between SW detectors (full size)
+REFERENCE_BORDER = 4  # reference pixels on each edge (NIRCam)
 SW_DETECTORS = ["NRCA1", "NRCA2", "NRCA3", "NRCA4", "NRCB1", "NRCB2", "NRCB3", "NRCB4"]
 LW_DETECTORS = ["NRCALONG", "NRCBLONG"]
 MIRI_DETECTORS = ["MIRIMAGE"]
@@ -119,11 +172,11 @@ def miri_science_center_offset(scale: float) -> tuple[float, float]:
 class Exposure:
     """One detector image of one exposure, with everything needed to name and place it."""
 
-    name: str            # jw..._<detector> (file stem without the _cal suffix)
+    name: str  # jw..._<detector> (file stem without the _cal suffix)
     target: str
-    role: str            # science | offfield
-    instrument: str      # NIRCAM | MIRI
-    channel: str         # NRC_SW | NRC_LW | MIRI
+    role: str  # science | offfield
+    instrument: str  # NIRCAM | MIRI
+    channel: str  # NRC_SW | NRC_LW | MIRI
     detector: str
     filter: str
     pupil: str
@@ -131,7 +184,7 @@ class Exposure:
     observation: int
     visit: int
     visit_group: int
-    sequence: int        # 1 prime, 2 parallel
+    sequence: int  # 1 prime, 2 parallel
     activity: int
     exposure_number: int
     dither: int
@@ -157,15 +210,16 @@ class Exposure:
 
 def exposure_name(program, observation, visit, visit_group, sequence, activity, number, detector):
     """JWST file stem, e.g. jw02107001001_02101_00001_nrca1."""
-    return (f"jw{program:05d}{observation:03d}{visit:03d}_{visit_group:02d}{sequence:1d}"
-            f"{activity:02d}_{number:05d}_{detector.lower()}")
+    return (
+        f"jw{program:05d}{observation:03d}{visit:03d}_{visit_group:02d}{sequence:1d}"
+        f"{activity:02d}_{number:05d}_{detector.lower()}"
+    )
 
 
 def tile_offsets(n_x: int, n_y: int, field: tuple[float, float], overlap: float):
     """Offsets (V2, V3 arcsec) of an n_x x n_y grid of tiles overlapping by ``overlap``."""
     step_x, step_y = field[0] * (1 - overlap), field[1] * (1 - overlap)
-    return [((i - (n_x - 1) / 2) * step_x, (j - (n_y - 1) / 2) * step_y)
-            for j in range(n_y) for i in range(n_x)]
+    return [((i - (n_x - 1) / 2) * step_x, (j - (n_y - 1) / 2) * step_y) for j in range(n_y) for i in range(n_x)]
 
 
 def dither_offsets(n: int, channel: str, scale: float):
@@ -177,8 +231,7 @@ def dither_offsets(n: int, channel: str, scale: float):
     return [(base * a, base * b) for a, b in pattern[:n]]
 
 
-def plan_target(target: str, ra: float, dec: float, layout: dict, scale: float,
-                program: int = 9001) -> list[Exposure]:
+def plan_target(target: str, ra: float, dec: float, layout: dict, scale: float, program: int = 9001) -> list[Exposure]:
     """All exposures of one simulated target, in time order.
 
     ``layout`` comes from the config (``simulation.layouts.<name>``): filters per
@@ -195,8 +248,9 @@ def plan_target(target: str, ra: float, dec: float, layout: dict, scale: float,
         obs += 1
         filters = list(spec["filters"])
         channel0 = "MIRI" if instrument == "MIRI" else "NRC_LW"
-        tiles = tile_offsets(spec["tiles"][0], spec["tiles"][1],
-                             instrument_field_size(channel0, scale), spec.get("tile_overlap", 0.12))
+        tiles = tile_offsets(
+            spec["tiles"][0], spec["tiles"][1], instrument_field_size(channel0, scale), spec.get("tile_overlap", 0.12)
+        )
         parallel = layout.get("miri_offfield") if instrument == "NIRCAM" else None
         for tile_index, (tx, ty) in enumerate(tiles, start=1):
             visit = tile_index
@@ -213,24 +267,53 @@ def plan_target(target: str, ra: float, dec: float, layout: dict, scale: float,
                         cx, cy = NIRCAM_V2V3_CENTER
                     pv2, pv3 = cx - tx - dx, cy - ty - dy
                     common = dict(
-                        target=target, program=program, observation=obs, visit=visit,
-                        visit_group=2, activity=activity, exposure_number=dither,
-                        dither=dither, n_dithers=n_dither, tile=tile_index,
-                        start_mjd=round(mjd, 6), exptime=exptime, point_v2=pv2,
-                        point_v3=pv3, point_ra=ra, point_dec=dec, pa_v3=pa,
+                        target=target,
+                        program=program,
+                        observation=obs,
+                        visit=visit,
+                        visit_group=2,
+                        activity=activity,
+                        exposure_number=dither,
+                        dither=dither,
+                        n_dithers=n_dither,
+                        tile=tile_index,
+                        start_mjd=round(mjd, 6),
+                        exptime=exptime,
+                        point_v2=pv2,
+                        point_v3=pv3,
+                        point_ra=ra,
+                        point_dec=dec,
+                        pa_v3=pa,
                     )
                     for det in detectors_of(channel):
-                        exposures.append(Exposure(
-                            name=exposure_name(program, obs, visit, 2, 1, activity, dither, det),
-                            role="science", instrument=instrument, channel=channel,
-                            detector=det, filter=filt, pupil="CLEAR", sequence=1, **common))
+                        exposures.append(
+                            Exposure(
+                                name=exposure_name(program, obs, visit, 2, 1, activity, dither, det),
+                                role="science",
+                                instrument=instrument,
+                                channel=channel,
+                                detector=det,
+                                filter=filt,
+                                pupil="CLEAR",
+                                sequence=1,
+                                **common,
+                            )
+                        )
                     if parallel and parallel.get("filters"):
                         pfilt = parallel["filters"][(activity - 1) % len(parallel["filters"])]
-                        exposures.append(Exposure(
-                            name=exposure_name(program, obs, visit, 2, 2, activity, dither, "MIRIMAGE"),
-                            role="offfield", instrument="MIRI", channel="MIRI",
-                            detector="MIRIMAGE", filter=pfilt, pupil="CLEAR", sequence=2,
-                            **common))
+                        exposures.append(
+                            Exposure(
+                                name=exposure_name(program, obs, visit, 2, 2, activity, dither, "MIRIMAGE"),
+                                role="offfield",
+                                instrument="MIRI",
+                                channel="MIRI",
+                                detector="MIRIMAGE",
+                                filter=pfilt,
+                                pupil="CLEAR",
+                                sequence=2,
+                                **common,
+                            )
+                        )
                     mjd += (exptime + 120.0) / 86400.0
             mjd += 1800.0 / 86400.0
     return exposures

@@ -14,6 +14,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REQUIRED_IMAGE_EXTENSIONS = ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT")
 SURFACE_BRIGHTNESS_UNIT = "MJy/sr"
+CONFIG_HASH_ENV = "JWSTFLOW_CONFIG_HASH"
 
 
 class InputError(RuntimeError):
@@ -64,7 +65,7 @@ def provenance_cards(inputs, cfg_hash: str | None, step: str) -> list[tuple[str,
     """FITS primary-header cards recording the workflow version, config hash, step and inputs."""
     cards = [
         ("WFVERS", workflow_version(), "jwst-mosaic workflow version"),
-        ("WFCFGHSH", cfg_hash or "standalone", "hash of the resolved workflow config"),
+        ("WFCFGHSH", cfg_hash or os.environ.get(CONFIG_HASH_ENV, "standalone"), "hash of the resolved workflow config"),
         ("WFSTEP", step, "workflow step that wrote this file"),
         ("WFNINPUT", len(list(inputs)), "number of input files"),
     ]
