@@ -130,7 +130,7 @@ def pointing_error_matrix(ra_c, dec_c, east_arcsec, north_arcsec, rotation_deg):
     axis = np.cross(u0, u1)
     if np.linalg.norm(axis) < 1e-15:
         return spin
-    shift = rotation_about(axis, math.acos(np.clip(np.dot(u0, u1), -1.0, 1.0)))
+    shift = rotation_about(axis, math.atan2(np.linalg.norm(axis), np.dot(u0, u1)))  # accurate for tiny angles
     return shift @ spin
 
 
@@ -226,22 +226,33 @@ def smooth_emission(model: dict, filter_name: str, xi, eta) -> np.ndarray:
     return stellar * disk + dust * (0.3 * disk + arms)
 
 
+def source_half_size_pix(sigma_arcsec, psf, pixscale):
+    """Half-width (pixels) of the stamp holding a source to 5 sigma of its widest PSF component."""
+    widest = max(sig for _, sig in psf)
+    return np.ceil(5 * np.sqrt(np.asarray(sigma_arcsec) ** 2 + widest**2) / pixscale).astype(int) + 1
+
+
 def add_gaussian_sources(image, x, y, flux_ujy, sigma_arcsec, psf, pixscale):
-    """Add PSF-convolved Gaussian sources (analytic convolution) to ``image`` in place, in MJy/sr."""
+    """Add PSF-convolved Gaussian sources to ``image`` in place, as pixel-averaged MJy/sr.
+
+    Convolution is analytic (variances add) and each pixel gets the Gaussian integrated
+    over its area (error functions), so undersampled PSFs keep their exact flux.
+    """
+    from scipy.special import erf
+
     ny, nx = image.shape
-    for xc, yc, f, s in zip(x, y, flux_ujy, sigma_arcsec, strict=True):
+    halves = source_half_size_pix(sigma_arcsec, psf, pixscale)
+    to_mjysr = 1e-6 * MJYSR_PER_JY_ARCSEC2 / pixscale**2
+    for xc, yc, f, s, half in zip(x, y, flux_ujy, sigma_arcsec, halves, strict=True):
+        x0, x1 = max(int(xc) - half, 0), min(int(xc) + half + 1, nx)
+        y0, y1 = max(int(yc) - half, 0), min(int(yc) + half + 1, ny)
+        if x0 >= x1 or y0 >= y1:
+            continue
         for weight, psf_sigma in psf:
-            sig = math.sqrt(s * s + psf_sigma * psf_sigma)
-            sig_pix = sig / pixscale
-            half = int(math.ceil(5 * sig_pix)) + 1
-            x0, x1 = max(int(xc) - half, 0), min(int(xc) + half + 1, nx)
-            y0, y1 = max(int(yc) - half, 0), min(int(yc) + half + 1, ny)
-            if x0 >= x1 or y0 >= y1:
-                continue
-            peak = weight * f * 1e-6 / (2 * math.pi * sig * sig) * MJYSR_PER_JY_ARCSEC2
-            gx = np.exp(-0.5 * ((np.arange(x0, x1) - xc) / sig_pix) ** 2)
-            gy = np.exp(-0.5 * ((np.arange(y0, y1) - yc) / sig_pix) ** 2)
-            image[y0:y1, x0:x1] += peak * np.outer(gy, gx)
+            scale = math.sqrt(2.0) * math.sqrt(s * s + psf_sigma * psf_sigma) / pixscale
+            fx = np.diff(erf((np.arange(x0, x1 + 1) - 0.5 - xc) / scale)) / 2
+            fy = np.diff(erf((np.arange(y0, y1 + 1) - 0.5 - yc) / scale)) / 2
+            image[y0:y1, x0:x1] += weight * f * to_mjysr * np.outer(fy, fx)
 
 
 def render_sky(model, sources, filter_name, psf, shape, pixscale, pix_to_world, world_to_pix):
@@ -252,8 +263,9 @@ def render_sky(model, sources, filter_name, psf, shape, pixscale, pix_to_world, 
     xi, eta = tangent_offsets(ra, dec, model["ra"], model["dec"])
     image = smooth_emission(model, filter_name, xi, eta)
     sx, sy = world_to_pix(sources["ra"], sources["dec"])
-    margin = 20
-    keep = np.isfinite(sx) & np.isfinite(sy) & (sx > -margin) & (sx < nx + margin) & (sy > -margin) & (sy < ny + margin)
+    margin = source_half_size_pix(sources["sigma"], psf, pixscale)
+    keep = np.isfinite(sx) & np.isfinite(sy)
+    keep &= (sx > -margin) & (sx < nx + margin) & (sy > -margin) & (sy < ny + margin)
     flux = source_flux_ujy(sources, filter_name)
     add_gaussian_sources(image, sx[keep], sy[keep], flux[keep], sources["sigma"][keep], psf, pixscale)
     return image
@@ -359,6 +371,17 @@ def build_gwcs(model, exp, scale):
     return wcs
 
 
+def detector_model(exp, attitude, scale):
+    """Empty ImageModel of ``exp``'s detector whose WCS follows the given attitude matrix."""
+    from stdatamodels.jwst import datamodels
+
+    model = datamodels.ImageModel(survey_plan.detector_shape(exp.channel, scale))
+    for key, value in wcsinfo_for(attitude, exp, scale).items():
+        setattr(model.meta.wcsinfo, key, value)
+    model.meta.wcs = build_gwcs(model, exp, scale)
+    return model
+
+
 # --------------------------------------------------------------------------- detector effects
 def pink_series(n: int, rng) -> np.ndarray:
     """Zero-mean, unit-RMS series with a 1/f power spectrum (equal power per octave)."""
@@ -462,14 +485,7 @@ class ExposureRenderer:
         return rot @ true_attitude(exp)
 
     def new_model(self, exp, attitude):
-        from stdatamodels.jwst import datamodels
-
-        shape = survey_plan.detector_shape(exp.channel, self.scale)
-        model = datamodels.ImageModel(shape)
-        for key, value in wcsinfo_for(attitude, exp, self.scale).items():
-            setattr(model.meta.wcsinfo, key, value)
-        model.meta.wcs = build_gwcs(model, exp, self.scale)
-        return model
+        return detector_model(exp, attitude, self.scale)
 
     def saturation_mjysr(self, exp):
         det = self.channel_cfg(exp)
