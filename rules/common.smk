@@ -73,11 +73,24 @@ def simulated_filters(target):
     return sorted(exposures_of(target, role=None)["filter"].unique())
 
 
-# ----------------------------------------------------------------------- the per-exposure chain
-# Per-exposure corrections in the order of the papers (see DESIGN.md). Each entry is
-# (step name, predicate on an exposure row). A step whose predicate is false for an
-# exposure is skipped by the input functions: no copy rule is needed.
-EXPOSURE_STEPS = []
+# ----------------------------------------------------------------------- the correction chain
+# Corrections between Stage 2 and the mosaic, in the order of the papers (DESIGN.md).
+# Each rule file that implements one appends (step name, scope) to CORRECTION_STEPS;
+# scope is "exposure" (one job per exposure) or "band" (one job per target and filter,
+# all exposures in, all out). An exposure skips a step when the step is disabled in
+# `corrections.<step>` or its instrument is not listed there: the input functions
+# simply pass the previous file on, no copy rule is needed.
+CORRECTION_STEPS = []
+
+
+def step_applies(step, row):
+    """Whether correction ``step`` runs on the exposure ``row`` (config corrections.<step>)."""
+    cfg = config.get("corrections", {}).get(step, {})
+    return bool(cfg.get("enabled", False)) and row["instrument"] in cfg.get("instruments", [])
+
+
+def step_path(step, target, name):
+    return f"results/{target}/{step}/{name}_cal.fits"
 
 
 def cal_path(target, name):
@@ -94,12 +107,25 @@ def exposure_path(target, name, upto=None):
     """Path of an exposure after the last applicable step before ``upto`` (all steps if None)."""
     path = cal_path(target, name)
     row = EXPOSURES.loc[(target, name)]
-    for step, applies in EXPOSURE_STEPS:
+    for step, _scope in CORRECTION_STEPS:
         if step == upto:
             break
-        if applies(row):
-            path = f"results/{target}/{step}/{name}_cal.fits"
+        if step_applies(step, row):
+            path = step_path(step, target, name)
     return path
+
+
+def step_input(step):
+    """Input function of a per-exposure step: the exposure as the previous step left it."""
+    return lambda wildcards: exposure_path(wildcards.target, wildcards.name, upto=step)
+
+
+def band_step_io(step, target, filter):
+    """(inputs, outputs) of a per-band step for one target and filter; empty if it does not apply."""
+    rows = exposures_of(target, filter)
+    names = [n for n, (_, row) in zip(rows["name"], rows.iterrows()) if step_applies(step, row)]
+    inputs = [exposure_path(target, n, upto=step) for n in names]
+    return inputs, [step_path(step, target, n) for n in names]
 
 
 def final_exposures(target, filter):

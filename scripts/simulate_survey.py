@@ -504,7 +504,7 @@ class ExposureRenderer:
             model.data.shape,
             geo["pixscale"],
             lambda x, y: wcs(x, y),
-            lambda ra, dec: wcs.invert(ra, dec),
+            lambda ra, dec: wcs.invert(ra, dec, with_bounding_box=False),
         )
 
     def background(self, exp):

@@ -22,8 +22,20 @@ def workflow_config() -> dict:
 
 def run_snakemake(workdir: Path, *args: str, configfiles=(), timeout: int = 1800) -> subprocess.CompletedProcess:
     """Run the workflow in ``workdir`` (results/, logs/ go there) and return the finished process."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "STPIPE_DISABLE_CRDS_STEPPARS": "true"}
-    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(REPO / "config" / "config.yaml"), *map(str, configfiles), *args]
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "STPIPE_DISABLE_CRDS_STEPPARS": "true",
+    }
+    cmd = [
+        str(BIN / "snakemake"),
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        *map(str, configfiles),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
