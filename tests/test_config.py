@@ -82,3 +82,14 @@ def test_target_selection_schedules_only_that_target():
     assert result.returncode == 0, result.stdout[-3000:]
     assert "outlier_detection_NGC0628_" in result.stdout
     assert "DEEPFIELD1" not in result.stdout, "a DEEPFIELD1 job was scheduled with targets=NGC0628"
+
+
+def test_rule_graph_is_drawable():
+    """`snakemake --rulegraph` emits a DOT graph from Stage 2 products to the mosaics."""
+    result = subprocess.run(
+        [str(SNAKEMAKE), "--rulegraph", "--nolock"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.lstrip().startswith("digraph")
+    for rule in ("simulate_sky", "mosaic_grid", "resample", "all"):
+        assert f'label = "{rule}"' in result.stdout
