@@ -470,6 +470,7 @@ class ExposureRenderer:
         self.errors, self.sim, self.wisps = errors, sim, wisp_templates
         self.scale = sim["scale"]
         self.effects = sim["effects"]
+        self._true_wcs = {}
 
     def rng_for(self, name, purpose):
         return np.random.default_rng(zlib.crc32(f"{self.sim['seed']}:{self.target}:{name}:{purpose}".encode()))
@@ -487,13 +488,19 @@ class ExposureRenderer:
     def new_model(self, exp, attitude):
         return detector_model(exp, attitude, self.scale)
 
+    def true_wcs(self, exp):
+        """The WCS the pixels are rendered with (cached: persistence looks back at earlier exposures)."""
+        if exp.name not in self._true_wcs:
+            self._true_wcs[exp.name] = self.new_model(exp, true_attitude(exp)).meta.wcs
+        return self._true_wcs[exp.name]
+
     def saturation_mjysr(self, exp):
         det = self.channel_cfg(exp)
         return det["full_well_e"] / (det["gain"] * exp.exptime) * det["photmjsr"]
 
-    def render_noiseless(self, exp, model):
+    def render_noiseless(self, exp):
         """Astrophysical sky on the detector through the TRUE WCS."""
-        wcs = model.meta.wcs
+        wcs = self.true_wcs(exp)
         geo = survey_plan.CHANNELS[exp.channel]
         psf = psf_components(exp.filter, self.sim["psf"])
         return render_sky(
@@ -501,7 +508,7 @@ class ExposureRenderer:
             self.sources,
             exp.filter,
             psf,
-            model.data.shape,
+            survey_plan.detector_shape(exp.channel, self.scale),
             geo["pixscale"],
             lambda x, y: wcs(x, y),
             lambda ra, dec: wcs.invert(ra, dec, with_bounding_box=False),
@@ -552,8 +559,7 @@ class ExposureRenderer:
         stars = self.sources["kind"] == "star"
         if not stars.any():
             return []
-        model = self.new_model(prev, true_attitude(prev))
-        x, y = model.meta.wcs.invert(self.sources["ra"][stars], self.sources["dec"][stars])
+        x, y = self.true_wcs(prev).invert(self.sources["ra"][stars], self.sources["dec"][stars])
         weight, sigma = psf_components(prev.filter, self.sim["psf"])[0]
         peak = (
             weight
@@ -564,7 +570,7 @@ class ExposureRenderer:
         )
         sat = self.saturation_mjysr(prev)
         pixscale = survey_plan.CHANNELS[prev.channel]["pixscale"]
-        ny, nx = model.data.shape
+        ny, nx = survey_plan.detector_shape(prev.channel, self.scale)
         events = []
         for xs, ys, pk in zip(x, y, peak, strict=True):
             if np.isfinite(xs) and 0 <= xs < nx and 0 <= ys < ny and pk > sat:
@@ -574,92 +580,110 @@ class ExposureRenderer:
 
     def render(self, exp):
         """Return (ImageModel, truth arrays dict, truth scalars dict) for one exposure."""
-        from stdatamodels.jwst.datamodels import dqflags
-
-        flags = dqflags.pixel
         rng = self.rng_for(exp.name, "noise")
-        det = self.channel_cfg(exp)
-        truth_model = self.new_model(exp, true_attitude(exp))
-        sky = self.render_noiseless(exp, truth_model)
-        model = self.new_model(exp, self.header_attitude(exp))
-        shape = sky.shape
-        dq = np.zeros(shape, np.uint32)
+        sky = self.render_noiseless(exp)
         truth = {"SKY": sky}
         scalars = {"exposure": exp.name, "filter": exp.filter, "detector": exp.detector, "visit_id": exp.visit_id}
+        truth["BKG"] = self.background_image(exp, sky.shape, rng, scalars)
+        signal = sky + truth["BKG"]
+        dq = np.zeros(sky.shape, np.uint32)
+        extra = self.additive_effects(exp, sky.shape, dq, truth, scalars)
+        science, variances = self.noisy_signal(exp, signal, rng)
+        unusable = self.flag_unusable(exp, signal, dq)
+        model = self.new_model(exp, self.header_attitude(exp))
+        model.data = np.where(unusable, np.nan, science + extra).astype(np.float32)
+        model.dq = dq
+        for name, var in variances.items():
+            setattr(model, name, np.where(unusable, np.nan, var).astype(np.float32))
+        model.err = np.sqrt(model.var_poisson + model.var_rnoise + model.var_flat).astype(np.float32)
+        self.fill_metadata(model, exp)
+        truth["DQ_TRUE_BAD"] = unusable.astype(np.uint8)
+        return model, truth, scalars
 
+    def background_image(self, exp, shape, rng, scalars):
+        """Background level plus per-exposure offset, plus the extra level of the MIRI Lyot region."""
         level, offset = self.background(exp)
         bkg = np.full(shape, level + offset)
         scalars.update(background_mjysr=level, offset_mjysr=offset, lyot_offset_mjysr=0.0)
-        regions = self.sim["miri_regions"]
-        if exp.instrument == "MIRI":
-            lyot = region_mask(shape, regions["lyot"])
-            nonsci = ~(lyot | region_mask(shape, regions["imager"]))
-            if self.effects["background"]["enabled"]:
-                lyot_offset = self.effects["background"]["lyot_extra_mjysr"] * (1 + 0.2 * rng.standard_normal())
-                bkg[lyot] += lyot_offset
-                scalars["lyot_offset_mjysr"] = float(lyot_offset)
-        truth["BKG"] = bkg
-        signal = sky + bkg
+        if exp.instrument == "MIRI" and self.effects["background"]["enabled"]:
+            lyot_offset = self.effects["background"]["lyot_extra_mjysr"] * (1 + 0.2 * rng.standard_normal())
+            bkg[region_mask(shape, self.sim["miri_regions"]["lyot"])] += lyot_offset
+            scalars["lyot_offset_mjysr"] = float(lyot_offset)
+        return bkg
 
+    def additive_effects(self, exp, shape, dq, truth, scalars):
+        """Sum of the enabled additive artefacts; each one's truth goes to ``truth``, flags to ``dq``."""
+        from stdatamodels.jwst.datamodels import dqflags
+
+        nircam = exp.instrument == "NIRCAM"
         extra = np.zeros(shape)
-        if exp.instrument == "NIRCAM" and self.effects["one_over_f"]["enabled"]:
+        if nircam and self.effects["one_over_f"]["enabled"]:
             cfg = self.effects["one_over_f"]
-            stripes = one_over_f_pattern(
-                shape,
-                cfg["row_rms_mjysr"][exp.channel],
-                cfg["column_fraction"] * cfg["row_rms_mjysr"][exp.channel],
-                self.rng_for(exp.name, "1/f"),
+            rms = cfg["row_rms_mjysr"][exp.channel]
+            truth["STRIPES"] = one_over_f_pattern(
+                shape, rms, cfg["column_fraction"] * rms, self.rng_for(exp.name, "1/f")
             )
-            truth["STRIPES"] = stripes
-            extra += stripes
         wisp = self.wisps.get((exp.detector, exp.filter))
         if wisp is not None and self.effects["wisps"]["enabled"]:
-            a = float(self.rng_for(exp.name, "wisp").uniform(*self.effects["wisps"]["scale_range"]))
-            truth["WISP"] = a * wisp
-            extra += a * wisp
-            scalars["wisp_scale"] = a
-        if self.effects["persistence"]["enabled"] and exp.instrument == "NIRCAM":
-            cfg = self.effects["persistence"]
-            persist = np.zeros(shape)
-            for x, y, radius, age in self.persistence_events(exp):
-                persist[disk_mask(shape, x, y, radius)] += cfg["amplitude_mjysr"] * math.exp(-age / cfg["decay_s"])
-            truth["PERSIST"] = persist
-            extra += persist
-            scalars["persistence_pixels"] = int((persist > 0).sum())
+            scalars["wisp_scale"] = float(self.rng_for(exp.name, "wisp").uniform(*self.effects["wisps"]["scale_range"]))
+            truth["WISP"] = scalars["wisp_scale"] * wisp
+        if nircam and self.effects["persistence"]["enabled"]:
+            truth["PERSIST"] = self.persistence_image(exp, shape)
+            scalars["persistence_pixels"] = int((truth["PERSIST"] > 0).sum())
         if self.effects["cosmic_rays"]["enabled"]:
-            residual, jump = cosmic_rays(shape, self.effects["cosmic_rays"], exp.exptime, self.rng_for(exp.name, "cr"))
-            dq[jump] |= flags["JUMP_DET"]
-            truth["CR"] = residual
-            extra += residual
-        if self.effects["snowballs"]["enabled"] and exp.instrument == "NIRCAM":
-            halo, core, events = snowballs(
-                shape, self.effects["snowballs"], exp.exptime, self.rng_for(exp.name, "snowball")
+            truth["CR"], jump = cosmic_rays(
+                shape, self.effects["cosmic_rays"], exp.exptime, self.rng_for(exp.name, "cr")
             )
-            dq[core] |= flags["JUMP_DET"]
-            truth["SNOWBALL"] = halo
-            extra += halo
+            dq[jump] |= dqflags.pixel["JUMP_DET"]
+        if nircam and self.effects["snowballs"]["enabled"]:
+            rng = self.rng_for(exp.name, "snowball")
+            truth["SNOWBALL"], core, events = snowballs(shape, self.effects["snowballs"], exp.exptime, rng)
+            dq[core] |= dqflags.pixel["JUMP_DET"]
             scalars["snowballs"] = len(events)
+        for name in ("STRIPES", "WISP", "PERSIST", "CR", "SNOWBALL"):
+            if name in truth:
+                extra += truth[name]
+        return extra
 
-        var_poisson = np.clip(signal, 0, None) * det["photmjsr"] / (det["gain"] * exp.exptime)
-        var_rnoise = np.full(shape, (det["photmjsr"] * det["read_noise_e"] / (det["gain"] * exp.exptime)) ** 2)
-        flat_err = det["flat_error"]
-        flat = 1.0 + flat_err * self.rng_for(exp.detector, "flat").standard_normal(shape)
-        var_flat = (flat_err * np.clip(signal, 0, None)) ** 2
-        noise = (
-            rng.standard_normal(shape) * np.sqrt(var_poisson + var_rnoise) if self.effects["noise"]["enabled"] else 0.0
-        )
+    def persistence_image(self, exp, shape):
+        cfg = self.effects["persistence"]
+        persist = np.zeros(shape)
+        for x, y, radius, age in self.persistence_events(exp):
+            persist[disk_mask(shape, x, y, radius)] += cfg["amplitude_mjysr"] * math.exp(-age / cfg["decay_s"])
+        return persist
+
+    def noisy_signal(self, exp, signal, rng):
+        """Signal times the detector flat plus Gaussian noise with exactly the VAR_POISSON + VAR_RNOISE variance."""
+        det = self.channel_cfg(exp)
+        positive = np.clip(signal, 0, None)
+        variances = {
+            "var_poisson": positive * det["photmjsr"] / (det["gain"] * exp.exptime),
+            "var_rnoise": np.full(
+                signal.shape, (det["photmjsr"] * det["read_noise_e"] / (det["gain"] * exp.exptime)) ** 2
+            ),
+            "var_flat": (det["flat_error"] * positive) ** 2,
+        }
+        flat = 1.0 + det["flat_error"] * self.rng_for(exp.detector, "flat").standard_normal(signal.shape)
         if not self.effects["noise"]["enabled"]:
-            flat = np.ones(shape)
-        science = signal * flat + noise + extra
+            return signal, variances
+        noise = rng.standard_normal(signal.shape) * np.sqrt(variances["var_poisson"] + variances["var_rnoise"])
+        return signal * flat + noise, variances
 
+    def flag_unusable(self, exp, signal, dq):
+        """Saturation, bad pixels, reference pixels and (MIRI) non-science regions; returns DO_NOT_USE."""
+        from stdatamodels.jwst.datamodels import dqflags
+
+        flags = dqflags.pixel
+        shape = signal.shape
         dead = np.zeros(shape, bool)
         if self.effects["saturation"]["enabled"]:
             sat = self.saturation_mjysr(exp)
             dq[signal > sat] |= flags["SATURATED"]
             dead |= signal > self.effects["saturation"]["unusable_factor"] * sat
         if self.effects["bad_pixels"]["enabled"]:
-            bad_rng = self.rng_for(exp.detector, "bad-pixels")
-            dead |= bad_rng.uniform(0, 1, shape) < self.effects["bad_pixels"]["fraction"]
+            dead |= (
+                self.rng_for(exp.detector, "bad-pixels").uniform(0, 1, shape) < self.effects["bad_pixels"]["fraction"]
+            )
         dq[dead] |= flags["DO_NOT_USE"] | flags["DEAD"]
         if exp.instrument == "NIRCAM":
             border = np.ones(shape, bool)
@@ -667,20 +691,12 @@ class ExposureRenderer:
             border[b:-b, b:-b] = False
             dq[border] |= flags["DO_NOT_USE"] | flags["REFERENCE_PIXEL"]
         else:
+            regions = self.sim["miri_regions"]
+            nonsci = ~(region_mask(shape, regions["lyot"]) | region_mask(shape, regions["imager"]))
             dq[nonsci] |= flags["DO_NOT_USE"] | flags["NON_SCIENCE"]
             dq[:, :4] |= flags["DO_NOT_USE"] | flags["REFERENCE_PIXEL"]
             dq[:, -4:] |= flags["DO_NOT_USE"] | flags["REFERENCE_PIXEL"]
-        unusable = (dq & flags["DO_NOT_USE"]) > 0
-
-        model.data = np.where(unusable, np.nan, science).astype(np.float32)
-        model.dq = dq
-        model.var_poisson = np.where(unusable, np.nan, var_poisson).astype(np.float32)
-        model.var_rnoise = np.where(unusable, np.nan, var_rnoise).astype(np.float32)
-        model.var_flat = np.where(unusable, np.nan, var_flat).astype(np.float32)
-        model.err = np.sqrt(model.var_poisson + model.var_rnoise + model.var_flat).astype(np.float32)
-        self.fill_metadata(model, exp)
-        truth["DQ_TRUE_BAD"] = unusable.astype(np.uint8)
-        return model, truth, scalars
+        return (dq & flags["DO_NOT_USE"]) > 0
 
     def fill_metadata(self, model, exp):
         """Instrument, observation, exposure and photometry metadata as Stage 2 writes them."""
