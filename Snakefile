@@ -12,6 +12,8 @@ configfile: f"{workflow.basedir}/config/config.yaml"
 include: "rules/common.smk"
 include: "rules/simulate.smk"
 include: "rules/stage12.smk"
+include: "rules/exposure.smk"
+include: "rules/tile.smk"
 include: "rules/mosaic.smk"
 
 

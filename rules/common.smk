@@ -40,7 +40,7 @@ EXPOSURES = exposure_table.build_exposure_table(SELECTED, config)
 wildcard_constraints:
     target="|".join(map(re.escape, TARGETS_SHEET.index)),
     filter=r"F\d{3,4}[WMN]2?",
-    name=r"jw\d{11}_\d{5}_\d{5}_[a-z0-9]+",
+    name=r"jw\d{11}_\d{5}_\d{5}_[a-z0-9]+(_lyot)?",
 
 
 # ----------------------------------------------------------------------- targets and exposures
@@ -74,13 +74,19 @@ def simulated_filters(target):
 
 
 # ----------------------------------------------------------------------- the correction chain
-# Corrections between Stage 2 and the mosaic, in the order of the papers (DESIGN.md).
-# Each rule file that implements one appends (step name, scope) to CORRECTION_STEPS;
-# scope is "exposure" (one job per exposure) or "band" (one job per target and filter,
-# all exposures in, all out). An exposure skips a step when the step is disabled in
-# `corrections.<step>` or its instrument is not listed there: the input functions
-# simply pass the previous file on, no copy rule is needed.
-CORRECTION_STEPS = []
+# Corrections between Stage 2 and the mosaic, in the order of the papers (DESIGN.md),
+# with their unit of work: "exposure" (a job per exposure) or "band" (a job per target and
+# filter, all its images in and out). An exposure skips a step when `corrections.<step>`
+# disables it or does not list its instrument: the input functions pass the previous file
+# on, no copy rule is needed. From `lyot_split` on, a MIRI exposure travels as two images,
+# `<name>` (imager part) and `<name>_lyot` (coronagraph part), level-matched separately and
+# drizzled together.
+CORRECTION_STEPS = [
+    ("miri_background", "band"),
+    ("lyot_split", "exposure"),
+    ("level_match", "band"),
+]
+LYOT_SUFFIX = "_lyot"
 
 
 def step_applies(step, row):
@@ -89,8 +95,22 @@ def step_applies(step, row):
     return bool(cfg.get("enabled", False)) and row["instrument"] in cfg.get("instruments", [])
 
 
+def step_params(step):
+    return json_param(config["corrections"][step].get("params", {}))
+
+
 def step_path(step, target, name):
     return f"results/{target}/{step}/{name}_cal.fits"
+
+
+def base_name(name):
+    """Exposure name of an image (a Lyot part carries the exposure name plus a suffix)."""
+    return name[: -len(LYOT_SUFFIX)] if name.endswith(LYOT_SUFFIX) else name
+
+
+def steps_before(upto):
+    names = [step for step, _ in CORRECTION_STEPS]
+    return names if upto is None else names[: names.index(upto)]
 
 
 def cal_path(target, name):
@@ -104,15 +124,27 @@ def cal_path(target, name):
 
 
 def exposure_path(target, name, upto=None):
-    """Path of an exposure after the last applicable step before ``upto`` (all steps if None)."""
+    """Path of an image after the last applicable step before ``upto`` (all steps if None)."""
+    row = EXPOSURES.loc[(target, base_name(name))]
+    lyot_part = name != base_name(name)
     path = cal_path(target, name)
-    row = EXPOSURES.loc[(target, name)]
-    for step, _scope in CORRECTION_STEPS:
-        if step == upto:
-            break
-        if step_applies(step, row):
+    for step in steps_before(upto):
+        if not step_applies(step, row):
+            continue
+        if step == "lyot_split":
+            lyot_part = False  # the coronagraph part exists from here on
+        if not lyot_part:
             path = step_path(step, target, name)
     return path
+
+
+def image_names(target, filter, upto=None):
+    """Images of a band entering step ``upto`` (the mosaic if None): exposures plus Lyot parts."""
+    rows = exposures_of(target, filter)
+    names = list(rows["name"])
+    if "lyot_split" in steps_before(upto):
+        names += [n + LYOT_SUFFIX for n, (_, r) in zip(rows["name"], rows.iterrows()) if step_applies("lyot_split", r)]
+    return sorted(names)
 
 
 def step_input(step):
@@ -122,14 +154,28 @@ def step_input(step):
 
 def band_step_io(step, target, filter):
     """(inputs, outputs) of a per-band step for one target and filter; empty if it does not apply."""
-    rows = exposures_of(target, filter)
-    names = [n for n, (_, row) in zip(rows["name"], rows.iterrows()) if step_applies(step, row)]
+    names = [n for n in image_names(target, filter, upto=step) if step_applies(step, EXPOSURES.loc[(target, base_name(n))])]
     inputs = [exposure_path(target, n, upto=step) for n in names]
     return inputs, [step_path(step, target, n) for n in names]
 
 
+def offfield_exposures(target, filter):
+    """Off-field (background) exposures of a band, as calibrated by Stage 2."""
+    return [cal_path(target, n) for n in exposures_of(target, filter, role="offfield")["name"]]
+
+
+def rule_name(step, target, filter):
+    """Name of a per-band rule, e.g. level_match_NGC0628_F770W."""
+    return f"{step}_{target}_{filter}".replace("-", "_")
+
+
+def band_mem_mb(wildcards, input, attempt):
+    """Band-level corrections reproject pairs of images: a few times the largest inputs, at least 2 GB."""
+    return int(max(2000, 4 * input.size_mb) * attempt)
+
+
 def final_exposures(target, filter):
-    return [exposure_path(target, n) for n in exposures_of(target, filter)["name"]]
+    return [exposure_path(target, n) for n in image_names(target, filter)]
 
 
 def final_exposures_all_filters(wildcards):
@@ -145,12 +191,40 @@ def truth_mosaic_path(target, filter):
     return f"results/{target}/truth/mosaics/{target}_{filter}_truth.fits"
 
 
+def anchored_instruments(target):
+    """Instruments of a target whose reference band was observed (sky anchoring applies)."""
+    if not config["anchoring"].get("enabled", False):
+        return []
+    bands = set(filters_of(target))
+    return [i for i, band in config["anchoring"]["reference_band"].items() if band in bands]
+
+
+def anchored_filters(target):
+    instruments = anchored_instruments(target)
+    return [f for f in filters_of(target) if survey_plan.instrument_of(f) in instruments]
+
+
+def anchored_path(target, filter):
+    return f"results/{target}/anchored/{target}_{filter}_i2d.fits"
+
+
+def final_mosaic(target, filter):
+    """The mosaic a user downloads: anchored to zero sky when anchoring applies."""
+    return anchored_path(target, filter) if filter in anchored_filters(target) else mosaic_path(target, filter)
+
+
+def anchoring_references(target):
+    """--reference arguments: BAND=PATH for each anchored instrument."""
+    cfg = config["anchoring"]
+    return {cfg["reference_band"][i]: cfg["references"][i].format(target=target) for i in anchored_instruments(target)}
+
+
 def all_products(wildcards=None):
     """Final products: mosaics per target and filter, and truth for simulated targets."""
     products = []
     for target in SELECTED.index:
         for filt in filters_of(target):
-            products.append(mosaic_path(target, filt))
+            products.append(final_mosaic(target, filt))
             if is_simulated(target):
                 products.append(truth_mosaic_path(target, filt))
         if is_simulated(target):

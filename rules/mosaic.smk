@@ -29,7 +29,7 @@ rule mosaic_grid:
 # output list differs per band, so the rule is declared per (target, filter).
 for _target in SELECTED.index:
     for _filter in filters_of(_target):
-        _names = list(exposures_of(_target, _filter)["name"])
+        _names = image_names(_target, _filter)
 
         rule:
             name:
@@ -58,7 +58,7 @@ for _target in SELECTED.index:
 
 rule resample:
     input:
-        exposures=lambda w: [crf_path(w.target, w.filter, n) for n in exposures_of(w.target, w.filter)["name"]],
+        exposures=lambda w: [crf_path(w.target, w.filter, n) for n in image_names(w.target, w.filter)],
         grid="results/{target}/mosaic/grid.json",
     output:
         "results/{target}/mosaic/{target}_{filter}_i2d.fits",
@@ -83,3 +83,39 @@ rule resample:
     shell:
         "python {params.script} --log {log} --grid {input.grid} --filter {wildcards.filter}"
         " --out {output} --params {params.resample:q} {input.exposures}"
+
+
+# Sky anchoring: all anchored bands of a target in one job (the other bands of an instrument
+# are fitted against its anchored reference band), declared per target.
+for _target in SELECTED.index:
+    _filters = anchored_filters(_target)
+    if _filters:
+        _refs = anchoring_references(_target)
+
+        rule:
+            name:
+                f"anchor_background_{_target}".replace("-", "_")
+            input:
+                mosaics=[mosaic_path(_target, f) for f in _filters],
+                references=list(_refs.values()),
+            output:
+                mosaics=[anchored_path(_target, f) for f in _filters],
+                table=f"results/{_target}/anchored/{_target}_anchoring.ecsv",
+                qa=f"results/{_target}/anchored/{_target}_anchoring.png",
+            params:
+                script=script_path("anchor_background.py"),
+                params=json_param(config["anchoring"].get("params", {})),
+                references=" ".join(f"--reference {band}={path}" for band, path in _refs.items()),
+                out_dir=lambda wildcards, output: os.path.dirname(output.table),
+            log:
+                f"logs/anchor_background/{_target}.log",
+            benchmark:
+                f"benchmarks/anchor_background/{_target}.tsv"
+            resources:
+                mem_mb=band_mem_mb,
+                runtime=lambda wildcards, attempt: 30 * attempt,
+            conda:
+                "../envs/jwst.yaml"
+            shell:
+                "python {params.script} --log {log} --params {params.params:q} {params.references}"
+                " --out-dir {params.out_dir} --table {output.table} --qa-png {output.qa} {input.mosaics}"

@@ -143,7 +143,8 @@ def survey_extent_arcsec(layout: dict, scale: float) -> float:
         if not spec or not spec.get("filters"):
             continue
         field = survey_plan.instrument_field_size(channel, scale)
-        tiles = survey_plan.tile_offsets(spec["tiles"][0], spec["tiles"][1], field, spec.get("tile_overlap", 0.12))
+        step = survey_plan.tile_step(channel, scale, spec.get("tile_overlap", 0.12))
+        tiles = survey_plan.tile_offsets(spec["tiles"][0], spec["tiles"][1], step)
         for tx, ty in tiles:
             radius = max(radius, math.hypot(abs(tx) + field[0] / 2, abs(ty) + field[1] / 2))
     return radius

@@ -216,10 +216,22 @@ def exposure_name(program, observation, visit, visit_group, sequence, activity, 
     )
 
 
-def tile_offsets(n_x: int, n_y: int, field: tuple[float, float], overlap: float):
-    """Offsets (V2, V3 arcsec) of an n_x x n_y grid of tiles overlapping by ``overlap``."""
-    step_x, step_y = field[0] * (1 - overlap), field[1] * (1 - overlap)
-    return [((i - (n_x - 1) / 2) * step_x, (j - (n_y - 1) / 2) * step_y) for j in range(n_y) for i in range(n_x)]
+def tile_step(channel: str, scale: float, overlap: float) -> tuple[float, float]:
+    """Step (V2, V3 arcsec) between neighbouring tiles of a mosaic.
+
+    NIRCam steps by half the module separation along V2, so that one tile's module A
+    fills the gap between the other's two modules and the mosaic is contiguous (as the
+    PHANGS-JWST NIRCam mosaics are laid out); MIRI steps by its field minus the overlap.
+    """
+    width, height = instrument_field_size(channel, scale)
+    if channel == "MIRI":
+        return width * (1 - overlap), height * (1 - overlap)
+    return 0.5 * NIRCAM_MODULE_SEPARATION * scale, height * (1 - overlap)
+
+
+def tile_offsets(n_x: int, n_y: int, step: tuple[float, float]):
+    """Offsets (V2, V3 arcsec) of an n_x x n_y grid of tiles ``step`` apart, centred on zero."""
+    return [((i - (n_x - 1) / 2) * step[0], (j - (n_y - 1) / 2) * step[1]) for j in range(n_y) for i in range(n_x)]
 
 
 def dither_offsets(n: int, channel: str, scale: float):
@@ -249,7 +261,7 @@ def plan_target(target: str, ra: float, dec: float, layout: dict, scale: float, 
         filters = list(spec["filters"])
         channel0 = "MIRI" if instrument == "MIRI" else "NRC_LW"
         tiles = tile_offsets(
-            spec["tiles"][0], spec["tiles"][1], instrument_field_size(channel0, scale), spec.get("tile_overlap", 0.12)
+            spec["tiles"][0], spec["tiles"][1], tile_step(channel0, scale, spec.get("tile_overlap", 0.12))
         )
         parallel = layout.get("miri_offfield") if instrument == "NIRCAM" else None
         for tile_index, (tx, ty) in enumerate(tiles, start=1):
