@@ -100,6 +100,9 @@ def workflow_setup(tmp_path_factory):
         yaml.safe_dump(
             {
                 "targets_sheet": str(sheet),
+                # exercise jwst's own off-field subtraction in Image2 (off by default, where
+                # corrections.miri_background does it after Stage 2)
+                "stage2": {"miri_offfield_background": True},
                 "simulation": {
                     "layouts": {
                         "tiny": {
