@@ -1056,6 +1056,39 @@ def command_truth_table(args):
     wfutils.write_text("\n".join(table_lines(merged)) + "\n", args.out)
 
 
+def simulate_target(root, sim: dict, target: dict, filters, log_file=None) -> None:
+    """Sky, references and the exposures of ``filters`` for one target under ``root``.
+
+    Layout: ``truth/`` (sky truth, per-filter truth tables ``<band>.ecsv``), ``truth/exp/``
+    (per-exposure truth), ``refs/`` (references, ``refs/wisps/``), ``cal/`` (exposures).
+    The same calls as the Snakemake rules, for tests and benchmarks.
+    """
+    root = Path(root)
+    log = ["--log", str(log_file)] if log_file else []
+    common = ["--sim", json.dumps(sim), "--target", json.dumps(target)]
+    main([*log, "sky", *common, "--out-dir", str(root / "truth"), "--references-dir", str(root / "refs")])
+    for band in filters:
+        main(
+            [
+                *log,
+                "exposures",
+                *common,
+                "--filter",
+                band,
+                "--sky-dir",
+                str(root / "truth"),
+                "--out-dir",
+                str(root / "cal"),
+                "--truth-dir",
+                str(root / "truth" / "exp"),
+                "--wisp-dir",
+                str(root / "refs" / "wisps"),
+                "--truth-table",
+                str(root / "truth" / f"{band}.ecsv"),
+            ]
+        )
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--log", help="log file (default: stderr)")

@@ -112,27 +112,7 @@ def small_survey(tmp_path_factory, workflow_config):
         "program": 9003,
         "distance_mpc": 9.8,
     }
-    common = ["--sim", json.dumps(cfg), "--target", json.dumps(target)]
-    sim.main(["sky", *common, "--out-dir", str(root / "truth"), "--references-dir", str(root / "refs")])
-    for band in ("F200W", "F770W"):
-        sim.main(
-            [
-                "exposures",
-                *common,
-                "--filter",
-                band,
-                "--sky-dir",
-                str(root / "truth"),
-                "--out-dir",
-                str(root / "cal"),
-                "--truth-dir",
-                str(root / "truth" / "exp"),
-                "--wisp-dir",
-                str(root / "refs" / "wisps"),
-                "--truth-table",
-                str(root / f"{band}.ecsv"),
-            ]
-        )
+    sim.simulate_target(root, cfg, target, ["F200W", "F770W"])
     return root, cfg, target
 
 
@@ -228,13 +208,13 @@ def test_truth_table_records_injected_scalars(small_survey):
     from astropy.table import Table
 
     root, cfg, _ = small_survey
-    table = Table.read(root / "F770W.ecsv", format="ascii.ecsv")
+    table = Table.read(root / "truth" / "F770W.ecsv", format="ascii.ecsv")
     science = table[[not n.endswith("mirimage") or "_021" in n for n in table["exposure"]]]
     assert len(science) > 0
     offsets = np.asarray(table["offset_mjysr"], float)
     assert 0.03 < np.std(offsets) < 0.3  # MIRI dither offsets ~0.1 MJy/sr
     assert np.all(np.asarray(table["lyot_offset_mjysr"], float) != 0)
-    wisp = Table.read(root / "F200W.ecsv", format="ascii.ecsv")
+    wisp = Table.read(root / "truth" / "F200W.ecsv", format="ascii.ecsv")
     scales = np.asarray(wisp["wisp_scale"], float)
     lo, hi = cfg["effects"]["wisps"]["scale_range"]
     has_wisp = np.isfinite(scales)

@@ -83,30 +83,10 @@ def simulate(root: Path, cfg: dict, target: dict = TARGET, bands=None) -> dict:
     """Sky, references and exposures of ``bands`` (default: all science bands) under ``root``."""
     import simulate_survey as sim
 
-    common = ["--sim", json.dumps(cfg), "--target", json.dumps(target)]
-    sim.main(["sky", *common, "--out-dir", str(root / "truth"), "--references-dir", str(root / "refs")])
     layout = cfg["layouts"][target["layout"]]
     if bands is None:
         bands = [f for key in ("nircam", "miri") if layout.get(key) for f in layout[key]["filters"]]
-    for band in bands:
-        sim.main(
-            [
-                "exposures",
-                *common,
-                "--filter",
-                band,
-                "--sky-dir",
-                str(root / "truth"),
-                "--out-dir",
-                str(root / "cal"),
-                "--truth-dir",
-                str(root / "truth" / "exp"),
-                "--wisp-dir",
-                str(root / "refs" / "wisps"),
-                "--truth-table",
-                str(root / f"truth_{band}.ecsv"),
-            ]
-        )
+    sim.simulate_target(root, cfg, target, bands)
     return {"root": root, "cfg": cfg, "target": target, "bands": bands}
 
 

@@ -75,31 +75,7 @@ def bench_sim_config(scale=None) -> dict:
 
 def simulate(root: Path, cfg: dict, bands, log_file) -> None:
     """Sky, references and the exposures of ``bands`` (science and off-field) under ``root``."""
-    common = ["--sim", json.dumps(cfg), "--target", json.dumps(TARGET)]
-    simulate_survey.main(
-        ["--log", log_file, "sky", *common, "--out-dir", str(root / "truth"), "--references-dir", str(root / "refs")]
-    )
-    for band in bands:
-        simulate_survey.main(
-            [
-                "--log",
-                log_file,
-                "exposures",
-                *common,
-                "--filter",
-                band,
-                "--sky-dir",
-                str(root / "truth"),
-                "--out-dir",
-                str(root / "cal"),
-                "--truth-dir",
-                str(root / "truth" / "exp"),
-                "--wisp-dir",
-                str(root / "refs" / "wisps"),
-                "--truth-table",
-                str(root / "truth" / f"{band}.ecsv"),
-            ]
-        )
+    simulate_survey.simulate_target(root, cfg, TARGET, bands, log_file=log_file)
 
 
 def truth_rows(root: Path, band: str) -> dict:
