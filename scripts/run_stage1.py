@@ -203,6 +203,14 @@ def run_detector1(uncal: Path, steps: dict, workdir: Path):
     return rate
 
 
+def add_common_arguments(parser) -> None:
+    """Options shared by the Stage 1 and Stage 2 scripts: CRDS pinning, provenance, log."""
+    parser.add_argument("--crds-context", help="CRDS context to pin, e.g. jwst_1413.pmap")
+    parser.add_argument("--crds-server-url", help="CRDS server used when CRDS_SERVER_URL is not set")
+    parser.add_argument("--config-hash", help="hash of the workflow config (provenance)")
+    parser.add_argument("--log", help="log file")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("uncal", help="the exposure's _uncal.fits file")
@@ -210,10 +218,7 @@ def parse_args(argv=None):
     parser.add_argument("--persistence-in", help="persistence record of the previous exposure on this detector")
     parser.add_argument("--persistence-out", help="persistence record of this exposure to write (.asdf)")
     parser.add_argument("--steps", help="JSON {step: {parameter: value}} of Detector1Pipeline overrides")
-    parser.add_argument("--crds-context", help="CRDS context to pin, e.g. jwst_1413.pmap")
-    parser.add_argument("--crds-server-url", help="CRDS server used when CRDS_SERVER_URL is not set")
-    parser.add_argument("--config-hash", help="hash of the workflow config (provenance)")
-    parser.add_argument("--log", help="log file")
+    add_common_arguments(parser)
     return parser.parse_args(argv)
 
 

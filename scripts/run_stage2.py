@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 
 import wfutils
-from run_stage1 import crds_guard, parse_steps, require_crds
+from run_stage1 import add_common_arguments, crds_guard, parse_steps, require_crds
 from wfutils import InputError
 
 log = logging.getLogger("jwstflow.stage2")
@@ -116,10 +116,7 @@ def parse_args(argv=None):
         help="background rate files (MIRI off-field); give them after the science rate",
     )
     parser.add_argument("--steps", help="JSON {step: {parameter: value}} of Image2Pipeline overrides")
-    parser.add_argument("--crds-context", help="CRDS context to pin, e.g. jwst_1413.pmap")
-    parser.add_argument("--crds-server-url", help="CRDS server used when CRDS_SERVER_URL is not set")
-    parser.add_argument("--config-hash", help="hash of the workflow config (provenance)")
-    parser.add_argument("--log", help="log file")
+    add_common_arguments(parser)
     return parser.parse_args(argv)
 
 
