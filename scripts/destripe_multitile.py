@@ -20,7 +20,7 @@ Pass 2 (``large_scale``)
 
 Our additions (parameters; the published behaviour is the default where it differs):
 
-* ``match_resampling`` (on): the exposure is compared after the same two resamplings
+* ``match_resampling`` (off): the exposure is compared after the same two resamplings
   (detector -> grid -> detector) as the median of the others, so that interpolation
   smoothing of sources does not leave a sky-fixed residual; such residuals are common to
   all exposures and would otherwise accumulate, since nothing constrains them.
@@ -30,9 +30,6 @@ Our additions (parameters; the published behaviour is the default where it diffe
   overlapping exposures taken at one position angle cannot be told from sky by any
   difference: with 4 dithers, half of the large-scale stripe amplitude is out of reach of
   pass 1.
-* ``profile_smooth`` (0 rows): running median of the pass-1 profiles; pass 1 then corrects
-  only the large scales that single-exposure destriping leaves, instead of adding the
-  difference image's noise on all scales.
 
 Inputs must be NIRCam exposures of one band whose background levels agree (run after level
 matching; on the simulator, switch the per-exposure background offsets off) and whose WCSs
@@ -74,10 +71,8 @@ DEFAULTS = {
     "iterations": 1,
     # scale the pass-1 difference by k/(k+1) for k overlapping others (False: published, full difference)
     "consensus": False,
-    # compare the exposure resampled to the grid and back (True) or as observed (False)
-    "match_resampling": True,
-    # running median (rows) applied to the pass-1 profiles; 0 keeps them as measured (published)
-    "profile_smooth": 0,
+    # compare the exposure resampled to the grid and back (True) or as observed (False, published)
+    "match_resampling": False,
     "large_scale": True,
     # median-filter length of pass 2 in rows; None -> a tenth of the detector rows (odd)
     "large_scale_length": None,
@@ -257,13 +252,11 @@ def difference_mask(diff: np.ndarray, usable: np.ndarray, p) -> np.ndarray:
     return (pos | neg) & usable
 
 
-def amp_row_model(diff, usable, p, subarray: bool, per_amplifier: bool = True, smooth: int = 0):
+def amp_row_model(diff, usable, p, subarray: bool, per_amplifier: bool = True):
     """Clipped row medians of a difference image (per amplifier with full-row fallback, or full rows).
 
     Returns the (ny, nx) model, zero mean over the usable pixels, zero outside the science region.
     """
-    from scipy.ndimage import median_filter
-
     ny, nx = diff.shape
     region = destripe.science_region(diff.shape, int(p["reference_border"]), subarray)
     amps = destripe.amplifier_slices(nx, int(p["n_amplifiers"]), subarray or not per_amplifier)
@@ -276,10 +269,7 @@ def amp_row_model(diff, usable, p, subarray: bool, per_amplifier: bool = True, s
     rows = np.zeros_like(profiles)
     rs = destripe._science_rows(region)
     for a in range(len(amps)):
-        prof = masks.fill_gaps(profiles[a, rs])
-        if smooth and smooth > 1:
-            prof = median_filter(prof, size=int(smooth) | 1, mode="nearest")
-        rows[a, rs] = prof
+        rows[a, rs] = masks.fill_gaps(profiles[a, rs])
     return destripe.finish_model(rows, np.zeros(nx), amps, region, usable & region)
 
 
@@ -345,7 +335,7 @@ def pass_one(exposures, maps, p):
             k = resample(count, back)
             diff *= k / (k + 1.0)
         usable = exp.usable & np.isfinite(diff)
-        model = amp_row_model(diff, usable, p, exp.subarray, per_amplifier=True, smooth=p["profile_smooth"])
+        model = amp_row_model(diff, usable, p, exp.subarray, per_amplifier=True)
         models.append(model)
         log.info(
             "pass 1 %d/%d %s: %.1f%% of pixels overlap other exposures, stripe model rms %.4g",
@@ -537,10 +527,9 @@ def main(argv=None):
     parser.add_argument("--iterations", type=int, help="pass-1 iterations (1)")
     parser.add_argument("--large-scale", type=destripe.parse_bool, help="run pass 2 (true)")
     parser.add_argument("--large-scale-length", type=int, help="pass-2 median filter length, pixels (rows/10)")
-    parser.add_argument("--profile-smooth", type=int, help="running median of pass-1 profiles, rows (0: off)")
     parser.add_argument("--consensus", type=destripe.parse_bool, help="subtract k/(k+1) of the difference (false)")
     parser.add_argument(
-        "--match-resampling", type=destripe.parse_bool, help="resample the exposure like the others (true)"
+        "--match-resampling", type=destripe.parse_bool, help="resample the exposure like the others (false)"
     )
     parser.add_argument("--fallback-fraction", type=float, help="masked amp-row fraction for the full-row fallback")
     parser.add_argument("--reproject", choices=("fast", "interp"), help="resampling (fast)")
@@ -558,7 +547,6 @@ def main(argv=None):
         "iterations",
         "large_scale",
         "large_scale_length",
-        "profile_smooth",
         "consensus",
         "match_resampling",
         "fallback_fraction",

@@ -29,7 +29,8 @@ import masks  # noqa: E402
 import wfutils  # noqa: E402
 
 SCALE = 0.25
-# the local background scaled with the detector: 32 columns x 129 rows at full size
+# local block background for the galaxy at scale 0.25 (16 columns x 65 rows is the full-size setting;
+# the galaxy shrinks with the scale, 16 x 33 measured best here)
 GALAXY_LOCAL = {
     "method": "median_filter",
     "highpass": "local",
@@ -85,29 +86,64 @@ def test_row_profiles_fall_back_to_the_full_row_when_an_amplifier_row_is_masked(
     assert prof[1, 10] == pytest.approx(np.median(image[10][use[10]]))
 
 
-def test_all_masked_rows_and_nans_get_an_interpolated_model():
-    rng = np.random.default_rng(4)
-    ny, nx = 128, 64
+def _striped_frame(seed, ny=128, nx=64):
+    rng = np.random.default_rng(seed)
     stripes = rng.normal(0, 0.01, ny)
     data = (1.0 + stripes[:, None] + rng.normal(0, 0.001, (ny, nx))).astype(np.float32)
-    data[60:63] = np.nan  # three rows without data
-    data[:, 5] = np.nan  # a dead column
     dq = np.zeros((ny, nx), np.uint32)
     dq[:4] = dq[-4:] = 1
     dq[:, :4] = dq[:, -4:] = 1
+    return data, dq, stripes
+
+
+def _check_rows_follow_stripes(result, data, stripes, method, column=20):
+    ny = data.shape[0]
+    assert np.isfinite(result.model).all(), method
+    inner = slice(4, ny - 4)
+    rows = result.model[inner, column]
+    expected = stripes[inner] - np.median(stripes[inner])
+    good = np.isfinite(data[inner, column])
+    assert np.std(rows[good] - expected[good]) < 0.002, method
+    assert (result.model[:4] == 0).all() and (result.model[:, -4:] == 0).all(), method
+
+
+def test_nan_pixels_rows_and_columns_get_a_finite_model():
+    data, dq, stripes = _striped_frame(4)
+    data[60:63] = np.nan  # three rows without data
+    data[:, 5] = np.nan  # a dead column
+    data[np.random.default_rng(9).uniform(size=data.shape) < 0.05] = np.nan  # scattered NaNs
     for method in ("row_median", "median_filter", "remstriping"):
         params = {"method": method, "scales": [1000], "column_scales": [1000], "highpass": "none"}
         result = destripe.stripe_model(data, dq, params)
-        assert np.isfinite(result.model).all()
-        inner = slice(4, ny - 4)
-        rows = result.model[inner, 20]
-        expected = stripes[inner] - np.median(stripes[inner])
-        good = np.isfinite(data[inner, 20])
-        assert np.std(rows[good] - expected[good]) < 0.002, method
+        _check_rows_follow_stripes(result, data, stripes, method)
         # the missing rows lie between their neighbours' values
         lo, hi = sorted((result.model[59, 20], result.model[63, 20]))
         assert lo - 1e-6 <= result.model[61, 20] <= hi + 1e-6, method
-        assert (result.model[:4] == 0).all() and (result.model[:, -4:] == 0).all()
+    params = {"method": "median_filter", "highpass": "local", "local_block": 8, "local_length": 17}
+    assert np.isfinite(destripe.stripe_model(data, dq, params).model).all()
+
+
+def test_all_masked_rows_are_interpolated_not_measured():
+    """Rows flagged in DQ (finite garbage values) or covered by a source on every amplifier."""
+    data, dq, stripes = _striped_frame(10)
+    data[40:43] = 50.0  # flagged rows with garbage values: must not enter the model
+    dq[40:43] = 1
+    data[80:82] += 30.0  # a row-wide bright "source": masked on every amplifier
+    for method in ("row_median", "median_filter", "remstriping"):
+        params = {"method": method, "scales": [1000], "column_scales": [1000], "highpass": "none"}
+        result = destripe.stripe_model(data, dq, params)
+        assert np.isfinite(result.model).all(), method
+        assert result.mask[40:43].all() and (result.mask[40:43] & destripe.MASK_BITS["unusable"]).all(), method
+        assert np.abs(result.model).max() < 0.1, method  # neither the garbage nor the source became a stripe
+        lo, hi = sorted((result.model[39, 20], result.model[43, 20]))
+        assert lo - 1e-6 <= result.model[41, 20] <= hi + 1e-6, method
+        # the rows measured (unmasked at this column) follow the stripes; masked ones were interpolated
+        measured = result.mask[:, 20] == 0
+        assert measured.sum() > 70 and result.mask[80:82, 20].all(), method
+        residual = result.model[measured, 20] - stripes[measured]
+        assert np.std(residual) < 0.002, method
+    empty = np.ones_like(dq)  # everything flagged: a zero model, not an error
+    assert not destripe.stripe_model(data, empty, {"method": "row_median"}).model.any()
 
 
 def test_butterworth_highpass_removes_smooth_emission_and_keeps_stripes():
@@ -275,7 +311,7 @@ def test_multi_exposure_destriping_reduces_large_scale_stripes(survey, tmp_path)
     for path in survey["galaxy"]:
         destripe.main([str(path), str(single_dir / path.name), "--params", json.dumps(GALAXY_LOCAL)])
     out_dir = tmp_path / "multi"
-    params = {"consensus": True, "profile_smooth": 33, "large_scale": False}
+    params = {"consensus": True, "match_resampling": True, "large_scale": False}
     dmt.main(["--out-dir", str(out_dir), "--params", json.dumps(params), *map(str, sorted(single_dir.glob("*.fits")))])
     before, after = [], []
     for path in survey["galaxy"]:
@@ -345,6 +381,21 @@ def test_miri_and_non_nircam_inputs_are_refused(tmp_path):
     copy.write_bytes(path.read_bytes())
     with pytest.raises(wfutils.InputError, match="NIRCam only"):
         dmt.main(["--out-dir", str(tmp_path / "m"), str(path), str(copy)])
+    assert not (tmp_path / "out.fits").exists()
+    niriss = datamodels.ImageModel((64, 64))
+    niriss.meta.instrument.name = "NIRISS"
+    niriss.meta.instrument.detector = "NIS"
+    niriss_path = tmp_path / "jw_nis_cal.fits"
+    niriss.save(str(niriss_path))
+    with pytest.raises(wfutils.InputError, match="instrument is NIRISS, not NIRCAM"):
+        destripe.main([str(niriss_path), str(tmp_path / "out.fits")])
+    cube = datamodels.CubeModel((2, 64, 64))  # a rateints-like 3-D file
+    cube.meta.instrument.name = "NIRCAM"
+    cube.meta.instrument.detector = "NRCA1"
+    cube_path = tmp_path / "jw_nrca1_rateints.fits"
+    cube.save(str(cube_path))
+    with pytest.raises(wfutils.InputError, match="3 axes"):
+        destripe.main([str(cube_path), str(tmp_path / "out.fits")])
     assert not (tmp_path / "out.fits").exists()
 
 

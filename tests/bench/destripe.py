@@ -18,9 +18,9 @@ What it measures (metric: ``tests/bench/stripe_metric.py``):
   ``local_allscales`` (local background over whole columns, every scale), and jwst's
   CleanFlickerNoiseStep (median fit; jwst default ``background_method='median'`` and
   ``'model'``).
-* ``multi``: galaxy bands after ``local_galaxy`` + multi-exposure destriping, with the
-  published pass settings and with ours (consensus weighting, smoothed profiles; with and
-  without the large-scale pass 2).
+* ``multi``: galaxy bands after ``local_galaxy`` + multi-exposure destriping: as published
+  (``published``), with the exposure resampled like the others (``published_matched``) and
+  our recommendation (matched resampling, k/(k+1) consensus weighting, no pass 2).
 * ``flux``: the same corrections applied to galaxy exposures without 1/f noise (SCI -
   STRIPES, identical to a simulator run with ``one_over_f.enabled: false``, each effect
   having its own random stream): median |change| (MJy/sr), summed change / summed sky over
@@ -67,9 +67,12 @@ SINGLE = {
 DEEP_EXTRA = {"remstriping_fallback95": {"method": "remstriping", "fallback_fraction": 0.95}}
 JWST = {"jwst_cfn_median": {"background_method": "median"}, "jwst_cfn_model": {"background_method": "model"}}
 MULTI = {
-    "published": {},
-    "consensus_smooth": {"consensus": True, "profile_smooth": 129, "large_scale": False},
-    "consensus_smooth_pass2": {"consensus": True, "profile_smooth": 129, "large_scale": True},
+    # PHANGS-JWST as published: full difference, pass 2 on, the exposure compared as observed
+    "published": {"match_resampling": False},
+    # + the exposure resampled like the others
+    "published_matched": {"match_resampling": True},
+    # recommended: matched resampling, k/(k+1) of the difference, no pass 2
+    "recommended": {"match_resampling": True, "consensus": True, "large_scale": False},
 }
 log = logging.getLogger("bench.destripe")
 
@@ -107,88 +110,90 @@ def ratios(sums_all, sums_hp):
     return {"all": round(sm.pooled_ratio(sums_all), 4), "lt128": round(sm.pooled_ratio(sums_hp), 4)}
 
 
-def evaluate_single(paths, methods, flux_paths):
-    """Residual ratios and flux changes per method over ``paths`` (flux on ``flux_paths`` without 1/f)."""
-    out = {}
-    cache = {p: (load(p), sm.read_truth(sm.truth_path(p))) for p in paths}
-    for name, params in methods.items():
-        start = time.time()
-        sums_all, sums_hp = [], []
-        for path in paths:
-            (sci, dq), truth = cache[path]
-            corrected = single_corrected(name, path, sci, dq, params)
-            sums_all.append(sm.exposure_residual(corrected, sci, truth, dq))
-            sums_hp.append(sm.exposure_residual(corrected, sci, truth, dq, highpass=129))
-        result = ratios(sums_all, sums_hp)
-        result["s_per_exposure"] = round((time.time() - start) / len(paths), 3)
-        if flux_paths:
-            result["flux"] = flux_single(name, params, flux_paths, cache)
-        out[name] = result
-        log.info("%s: %s", name, result)
-    return out
-
-
-def flux_single(name, params, paths, cache):
-    parts = []
-    for path in paths:
-        (sci, dq), truth = cache[path]
-        clean = (sci - truth["STRIPES"]).astype(np.float32)
-        corrected = single_corrected(name, path, clean, dq, params)
-        valid = sm.valid_pixels(corrected, dq) & sm.valid_pixels(clean, dq)
-        parts.append((corrected - clean, valid, truth["SKY"]))
-    return rounded(sm.pool_flux(parts))
-
-
 def rounded(values: dict, digits: int = 6) -> dict:
     return {k: round(v, digits) for k, v in values.items()}
 
 
-def multi_exposures(paths, single_params, clean=False):
-    """Exposure objects after single-exposure destriping (``clean``: of the 1/f-free version)."""
+def evaluate_single(paths, methods, flux_paths):
+    """Residual ratios per method over ``paths`` and flux changes on ``flux_paths`` without 1/f.
+
+    One exposure at a time (full-size truth arrays are 16 MB each), every method on it.
+    """
+    sums = {name: ([], [], []) for name in methods}  # all scales, < 128 rows, flux parts
+    seconds = dict.fromkeys(methods, 0.0)
+    for path in paths:
+        sci, dq = load(path)
+        truth = sm.read_truth(sm.truth_path(path), names=("STRIPES", "SKY"))
+        clean = sci - truth["STRIPES"]
+        for name, params in methods.items():
+            start = time.time()
+            corrected = single_corrected(name, path, sci, dq, params)
+            seconds[name] += time.time() - start
+            sums[name][0].append(sm.exposure_residual(corrected, sci, truth, dq))
+            sums[name][1].append(sm.exposure_residual(corrected, sci, truth, dq, highpass=129))
+            if path in flux_paths:
+                change = single_corrected(name, path, clean, dq, params) - clean
+                valid = sm.valid_pixels(clean + change, dq) & sm.valid_pixels(clean, dq)
+                sums[name][2].append(sm.flux_sums(change, valid, truth["SKY"]))
+    out = {}
+    for name in methods:
+        all_scales, small_scales, flux = sums[name]
+        out[name] = {**ratios(all_scales, small_scales), "s_per_exposure": round(seconds[name] / len(paths), 3)}
+        if flux:
+            out[name]["flux"] = rounded(sm.pool_flux(flux))
+        log.info("%s: %s", name, out[name])
+    return out
+
+
+def multi_inputs(paths, single_params, clean=False):
+    """Exposure objects after single-exposure destriping (of the 1/f-free version with ``clean``)
+    and, per exposure, what the metric needs: (input - STRIPES, single-corrected, DQ, SKY)."""
     from astropy.io import fits
     from astropy.wcs import WCS
 
     import destripe
     import destripe_multitile as dm
 
-    exposures, inputs = [], []
+    exposures, metric = [], []
     for path in paths:
         sci, dq = load(path)
-        truth = sm.read_truth(sm.truth_path(path))
-        if clean:
-            sci = (sci - truth["STRIPES"]).astype(np.float32)
-        corrected = sci - destripe.stripe_model(sci, dq, single_params).model
-        region = destripe.science_region(sci.shape, 4, False)
-        usable = destripe.usable_pixels(sci, dq, region)
+        truth = sm.read_truth(sm.truth_path(path), names=("STRIPES", "SKY"))
+        target = sci - truth["STRIPES"]
+        observed = target if clean else sci
+        corrected = observed - destripe.stripe_model(observed, dq, single_params).model
+        usable = destripe.usable_pixels(sci, dq, destripe.science_region(sci.shape, 4, False))
         wcs = WCS(fits.getheader(path, "SCI"))
         exposures.append(dm.Exposure(Path(path).name, np.where(usable, corrected, np.nan), usable, wcs))
-        inputs.append((sci, dq, truth, corrected))
-    return exposures, inputs
+        metric.append((target, corrected, dq, truth["SKY"], truth["STRIPES"]))
+    return exposures, metric
 
 
 def evaluate_multi(paths, single_params):
+    """Single (``single_params``) + multi-exposure destriping of one band, for each MULTI setting."""
     import destripe_multitile as dm
 
     out = {}
-    exposures, inputs = multi_exposures(paths, single_params)
-    clean_exposures, clean_inputs = multi_exposures(paths, single_params, clean=True)
     for name, params in MULTI.items():
+        exposures, metric = multi_inputs(paths, single_params)
         start = time.time()
         models = dm.destripe_exposures(exposures, params)
         seconds = time.time() - start
         sums_all, sums_hp = [], []
-        for (sci, dq, truth, corrected), model in zip(inputs, models, strict=True):
+        for (target, corrected, dq, _, stripes), model in zip(metric, models, strict=True):
             final = corrected - model
-            sums_all.append(sm.exposure_residual(final, sci, truth, dq))
-            sums_hp.append(sm.exposure_residual(final, sci, truth, dq, highpass=129))
-        result = ratios(sums_all, sums_hp)
-        result["seconds"] = round(seconds, 1)
-        clean_models = dm.destripe_exposures(clean_exposures, params)
+            truth = {"STRIPES": stripes}
+            sums_all.append(sm.exposure_residual(final, target + stripes, truth, dq))
+            sums_hp.append(sm.exposure_residual(final, target + stripes, truth, dq, highpass=129))
+        result = {**ratios(sums_all, sums_hp), "seconds": round(seconds, 1)}
+        del exposures, metric, models
+        exposures, metric = multi_inputs(paths, single_params, clean=True)
+        models = dm.destripe_exposures(exposures, params)
         parts = []
-        for (clean, dq, truth, corrected), model in zip(clean_inputs, clean_models, strict=True):
+        for (target, corrected, dq, sky, _), model in zip(metric, models, strict=True):
             # total change (single + multi) of an exposure without 1/f noise
-            parts.append((corrected - model - clean, sm.valid_pixels(clean, dq), truth["SKY"]))
+            parts.append(sm.flux_sums(corrected - model - target, sm.valid_pixels(target, dq), sky))
         result["flux_single_plus_multi"] = rounded(sm.pool_flux(parts))
+        del exposures, metric, models
         out[name] = result
         log.info("multi %s: %s", name, result)
     return out
@@ -246,17 +251,25 @@ def perf_worker(method_json, path):
             destripe.stripe_model(sci, dq, params)
         cpu.append(time.process_time() - start_cpu)
         wall.append(time.perf_counter() - start_wall)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    print(json.dumps({"cpu_seconds": min(cpu), "wall_seconds": min(wall), "peak_rss_mb": round(peak, 1)}))
+    print(json.dumps({"cpu_seconds": min(cpu), "wall_seconds": min(wall), "peak_rss_mb": round(peak_rss_mb(), 1)}))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM; ``ru_maxrss`` would include a parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 MULTI_WORKER = """
-import resource, sys, time
+import pathlib, sys, time
 sys.path.insert(0, {scripts!r})
 import destripe_multitile
 wall, cpu = time.time(), time.process_time()
 destripe_multitile.main(sys.argv[1:])
-print(time.time() - wall, time.process_time() - cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+hwm = [l for l in pathlib.Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:")]
+print(time.time() - wall, time.process_time() - cpu, int(hwm[0].split()[1]) / 1024.0)
 """
 
 
@@ -285,7 +298,7 @@ def perf(path, multi_paths, out_dir):
     multi = None
     if multi_paths:
         code = MULTI_WORKER.format(scripts=str(REPO / "scripts"))
-        args = ["--out-dir", str(out_dir), "--params", json.dumps(MULTI["consensus_smooth"]), *map(str, multi_paths)]
+        args = ["--out-dir", str(out_dir), "--params", json.dumps(MULTI["recommended"]), *map(str, multi_paths)]
         proc = subprocess.run(
             [sys.executable, "-c", code, *args], capture_output=True, text=True, env=one_core_env(), check=True
         )
@@ -364,7 +377,7 @@ def main(argv=None):
             "load_average_1min": round(os.getloadavg()[0], 2),
         }
     result["wall_s"] = round(time.time() - start, 1)
-    result["bench_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
+    result["bench_peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(json.dumps(result, separators=(",", ":")))
     if tmp is not None:
         tmp.cleanup()
