@@ -54,6 +54,7 @@ DEFAULTS = {
     "block_statistic": "pairs",  # pairs | biweight (see block_sky_variance)
     "min_blocks": 50,
     "min_significance": 3.0,  # rescale only if |measured/predicted - 1| > this x its error
+    "min_relative_change": 0.05,  # ... and more than this (the sky mask biases a blank field by 1-3%)
     "background_box_px": 64,  # smooth background removed before the block sums (0: none)
     "scale_limits": [0.25, 16.0],  # allowed VAR_RNOISE factors; outside them the exposure is left alone
     "zero_to_inf": list(VARIANCES),
@@ -180,7 +181,10 @@ def correct_exposure(model, params: dict) -> dict:
         report["variance_ratio_sigma"] = (report["variance_ratio"] - 1.0) / ratio_error
         if nblocks < params["min_blocks"] or not np.isfinite(measured):
             log.warning("only %d clean %dx%d blocks: VAR_RNOISE left as it is", nblocks, *[params["block_size"]] * 2)
-        elif abs(report["variance_ratio_sigma"]) < params["min_significance"]:
+        elif (
+            abs(report["variance_ratio_sigma"]) < params["min_significance"]
+            or abs(report["variance_ratio"] - 1.0) < params["min_relative_change"]
+        ):
             log.info(
                 "sky variance / predicted = %.3f (%.1f sigma): consistent, VAR_RNOISE left as it is",
                 report["variance_ratio"], report["variance_ratio_sigma"],
