@@ -13,6 +13,7 @@ include: "rules/common.smk"
 include: "rules/simulate.smk"
 include: "rules/stage12.smk"
 include: "rules/exposure.smk"
+include: "rules/astrometry.smk"
 include: "rules/tile.smk"
 include: "rules/mosaic.smk"
 

@@ -13,6 +13,7 @@ from snakemake.utils import validate
 SCRIPTS = Path(workflow.basedir) / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 import survey_plan  # noqa: E402
+import mosaic_tiles  # noqa: E402
 import wfutils  # noqa: E402
 import exposure_table  # noqa: E402
 
@@ -75,28 +76,73 @@ def simulated_filters(target):
 
 # ----------------------------------------------------------------------- the correction chain
 # Corrections between Stage 2 and the mosaic, in the order of the papers (DESIGN.md),
-# with their unit of work: "exposure" (a job per exposure) or "band" (a job per target and
-# filter, all its images in and out). An exposure skips a step when `corrections.<step>`
-# disables it or does not list its instrument: the input functions pass the previous file
-# on, no copy rule is needed. From `lyot_split` on, a MIRI exposure travels as two images,
-# `<name>` (imager part) and `<name>_lyot` (coronagraph part), level-matched separately and
-# drizzled together.
+# with their unit of work: "exposure" (a job per exposure), "band" (a job per target and
+# filter) or "instrument" (a job per target and instrument, all its bands: astrometry, whose
+# solution one reference band measures for every band). An exposure skips a step when
+# `corrections.<step>` disables it or does not list its instrument: the input functions pass
+# the previous file on, no copy rule is needed. From `lyot_split` on, a MIRI exposure travels
+# as two images, `<name>` (imager part) and `<name>_lyot` (coronagraph part), level-matched
+# separately and drizzled together.
 CORRECTION_STEPS = [
+    ("destripe", "exposure"),
     ("miri_background", "band"),
+    ("align_relative", "instrument"),
+    ("align_absolute", "instrument"),
     ("lyot_split", "exposure"),
     ("level_match", "band"),
+    ("destripe_multitile", "band"),
+    ("noise_model", "exposure"),
 ]
 LYOT_SUFFIX = "_lyot"
+INSTRUMENTS = ("NIRCAM", "MIRI")
+
+
+def step_config(step):
+    return config.get("corrections", {}).get(step, {})
 
 
 def step_applies(step, row):
-    """Whether correction ``step`` runs on the exposure ``row`` (config corrections.<step>)."""
-    cfg = config.get("corrections", {}).get(step, {})
-    return bool(cfg.get("enabled", False)) and row["instrument"] in cfg.get("instruments", [])
+    """Whether correction ``step`` runs on the exposure ``row``: corrections.<step>.enabled and
+    instruments, then the ``enabled`` of any matching ``overrides`` entry (the last one wins)."""
+    cfg = step_config(step)
+    enabled = bool(cfg.get("enabled", False)) and row["instrument"] in cfg.get("instruments", [])
+    for override in cfg.get("overrides", []):
+        if "enabled" in override and override_matches(override, row["target"], row["instrument"], row["filter"]):
+            enabled = bool(override["enabled"]) and row["instrument"] in cfg.get("instruments", [])
+    return enabled
 
 
-def step_params(step):
-    return json_param(config["corrections"][step].get("params", {}))
+def deep_merge(base, override):
+    """``base`` updated by ``override``, nested dictionaries merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def override_matches(when, target, instrument=None, filter=None):
+    """Whether an override's selectors (targets, layouts, instruments, filters) all accept this job."""
+    values = {
+        "targets": target,
+        "layouts": target_row(target)["layout"],
+        "instruments": instrument,
+        "filters": filter,
+    }
+    return all(values[key] in allowed for key, allowed in when.items() if key in values)
+
+
+def step_params(step, target=None, instrument=None, filter=None):
+    """JSON parameters of a step for one job: ``params`` updated by every matching ``overrides`` entry, in order."""
+    cfg = step_config(step)
+    params = cfg.get("params", {})
+    if target is not None:
+        for override in cfg.get("overrides", []):
+            if "params" in override and override_matches(override, target, instrument, filter):
+                params = deep_merge(params, override["params"])
+    return json_param(params)
 
 
 def step_path(step, target, name):
@@ -159,19 +205,93 @@ def band_step_io(step, target, filter):
     return inputs, [step_path(step, target, n) for n in names]
 
 
+def instrument_filters(target, instrument):
+    return [f for f in filters_of(target) if survey_plan.instrument_of(f) == instrument]
+
+
+def instrument_step_io(step, target, instrument, filters=None):
+    """(inputs, outputs) of a per-instrument step over all bands (or ``filters``) of an instrument."""
+    inputs, outputs = [], []
+    for filt in filters or instrument_filters(target, instrument):
+        band_in, band_out = band_step_io(step, target, filt)
+        inputs += band_in
+        outputs += band_out
+    return inputs, outputs
+
+
+def exposure_side_outputs(step, outputs, fmt):
+    """Extra per-exposure files of a step (models, QA, Lyot parts), ``fmt`` of ``{name}`` under results/<t>/<step>/."""
+    return [str(Path(p).parent / fmt.format(name=Path(p).name.removesuffix("_cal.fits"))) for p in outputs]
+
+
 def offfield_exposures(target, filter):
     """Off-field (background) exposures of a band, as calibrated by Stage 2."""
     return [cal_path(target, n) for n in exposures_of(target, filter, role="offfield")["name"]]
 
 
 def rule_name(step, target, filter):
-    """Name of a per-band rule, e.g. level_match_NGC0628_F770W."""
+    """Name of a per-band (or per-instrument) rule, e.g. level_match_NGC0628_F770W."""
     return f"{step}_{target}_{filter}".replace("-", "_")
 
 
 def band_mem_mb(wildcards, input, attempt):
     """Band-level corrections reproject pairs of images: a few times the largest inputs, at least 2 GB."""
     return int(max(2000, 4 * input.size_mb) * attempt)
+
+
+def streaming_mem_mb(wildcards, input, attempt):
+    """Steps that hold one exposure at a time plus catalogues: a little more than the largest input."""
+    largest = max((os.path.getsize(f) for f in input if os.path.exists(f)), default=0) / 1e6
+    return int(max(2000, 2000 + 8 * largest) * attempt)
+
+
+# ----------------------------------------------------------------------- astrometry (rules/astrometry.smk)
+def astrometry_reference_band(step, target, instrument):
+    """Band whose sources measure an instrument's astrometry; a clear error when the target lacks it."""
+    band = json.loads(step_params(step, target, instrument))["reference_band"][instrument]
+    if band not in instrument_filters(target, instrument):
+        raise ValueError(
+            f"corrections.{step}: reference band {band} of {instrument} was not observed for target {target} "
+            f"(its {instrument} bands: {', '.join(instrument_filters(target, instrument))}); set "
+            f"params.reference_band.{instrument} in an `overrides` entry for this target or layout"
+        )
+    return band
+
+
+def absolute_mapping(target, instrument):
+    """{band: reference band} of an instrument: config align_mapping, else the instrument's reference band."""
+    params = json.loads(step_params("align_absolute", target, instrument))
+    default = astrometry_reference_band("align_absolute", target, instrument)
+    return {f: params.get("align_mapping", {}).get(f, default) for f in instrument_filters(target, instrument)}
+
+
+def absolute_catalog(target, instrument, band):
+    return f"results/{target}/align_absolute/{instrument}_{band}_catalog.ecsv"
+
+
+def anchor_instrument(step, target, instrument):
+    """Instrument whose aligned catalogue anchors this one (config `anchor_on`), if the target has it."""
+    other = step_config(step).get("anchor_on", {}).get(instrument)
+    if other and instrument_filters(target, other) and step_config("align_absolute").get("enabled"):
+        return other
+    return None
+
+
+def anchor_catalog(target, instrument):
+    """Aligned catalogue of the anchoring instrument (e.g. NIRCam's for MIRI), or None."""
+    other = anchor_instrument("align_relative", target, instrument)
+    if other is None:
+        return None
+    band = astrometry_reference_band("align_absolute", target, other)
+    return absolute_catalog(target, other, band)
+
+
+def absolute_refcat(target, instrument):
+    """Catalogue an instrument's absolute astrometry is fitted to: the anchoring instrument's, else external."""
+    other = anchor_instrument("align_absolute", target, instrument)
+    if other is not None:
+        return absolute_catalog(target, other, astrometry_reference_band("align_absolute", target, other))
+    return step_config("align_absolute")["refcat"].format(target=target)
 
 
 def final_exposures(target, filter):
@@ -392,28 +512,66 @@ def stage2_runtime(wildcards, input, attempt):
 
 
 # ----------------------------------------------------------------------- mosaics (rules/mosaic.smk)
-def mosaic_inputs(wildcards):
-    return final_exposures(wildcards.target, wildcards.filter)
-
-
+# Output-tiled Stage 3: the grid of every band is cut into tiles of mosaic.tile_size_px; a
+# job per tile makes the outlier-detection median or the drizzle from the exposures that reach
+# it, so no job holds every exposure of a band. The number of tiles comes from the grid
+# (checkpoint mosaic_grid), hence these input functions ask the checkpoint.
 def crf_path(target, filter, name):
     return f"results/{target}/outliers/{filter}/{name}_crf.fits"
 
 
-def outlier_params():
+def crf_files(target, filter):
+    return [crf_path(target, filter, n) for n in image_names(target, filter)]
+
+
+def band_tiles(target, filter):
+    """Tile indices of a band's grid (known once the target's grid.json exists)."""
+    grid = json.loads(Path(checkpoints.mosaic_grid.get(target=target).output[0]).read_text())
+    return range(mosaic_tiles.tile_count(mosaic_tiles.filter_spec(grid, filter), config["mosaic"]["tile_size_px"]))
+
+
+def median_tile_path(target, filter, tile):
+    return f"results/{target}/outliers/{filter}/median_{int(tile):03d}.fits"
+
+
+def drizzled_tile_path(target, filter, tile):
+    return f"results/{target}/drizzled/{filter}/tile_{int(tile):03d}.fits"
+
+
+def median_tiles(target, filter):
+    """Input function of a band's outlier flagging: every median tile of the band."""
+    return lambda wildcards: [median_tile_path(target, filter, i) for i in band_tiles(target, filter)]
+
+
+def drizzled_tiles(wildcards):
+    return [drizzled_tile_path(wildcards.target, wildcards.filter, i) for i in band_tiles(wildcards.target, wildcards.filter)]
+
+
+def median_params():
+    m = config["mosaic"]
+    return json_param({"maskpt": m["outlier_detection"]["maskpt"], "pixfrac": m["pixfrac"], "kernel": m["kernel"],
+                       "weight_type": m["weight_type"]})
+
+
+def flag_params():
     od = config["mosaic"]["outlier_detection"]
-    return json_param(
-        {
-            "snr": od["snr"],
-            "scale": od["scale"],
-            "maskpt": od["maskpt"],
-            "pixfrac": config["mosaic"]["pixfrac"],
-            "kernel": config["mosaic"]["kernel"],
-            "weight_type": config["mosaic"]["weight_type"],
-        }
-    )
+    return json_param({"snr": od["snr"], "scale": od["scale"], "kernel": config["mosaic"]["kernel"]})
 
 
-def mosaic_mem_mb(wildcards, input, attempt):
-    """All inputs are held in memory by jwst's steps: ~8x the input size, at least 1 GB."""
-    return int(max(1000, 8 * input.size_mb) * attempt)
+def drizzle_params():
+    m = config["mosaic"]
+    return json_param({"pixfrac": m["pixfrac"], "kernel": m["kernel"], "weight_type": m["weight_type"]})
+
+
+def tile_mem_mb(wildcards, input, attempt):
+    """A tile job holds the tile's output arrays (7 float planes + context) and one input exposure at a time
+    (~6 planes of the largest input, opened as a datamodel with its work copies), plus the python stack."""
+    side = config["mosaic"]["tile_size_px"]
+    largest = max((os.path.getsize(f) for f in input if os.path.exists(f)), default=0) / 1e6
+    return int((800 + 10 * side * side * 4 / 1e6 + 4 * largest) * attempt)
+
+
+def gather_mem_mb(wildcards, input, attempt):
+    """The gather streams one row of tiles of one extension at a time: a few tiles, at least 2 GB."""
+    largest = max((os.path.getsize(f) for f in input if os.path.exists(f)), default=0) / 1e6
+    return int(max(2000, 800 + 4 * largest) * attempt)

@@ -93,3 +93,67 @@ def test_rule_graph_is_drawable():
     assert result.stdout.lstrip().startswith("digraph")
     for rule in ("simulate_sky", "mosaic_grid", "resample", "all"):
         assert f'label = "{rule}"' in result.stdout
+
+
+def test_correction_chain_runs_in_the_papers_order():
+    """Every correction is in the galaxy's DAG, and each consumes the previous step's files."""
+    result = dry_run("--config", "targets=NGC0628", "--printshellcmds")
+    assert result.returncode == 0, result.stdout[-3000:]
+    out = result.stdout
+    for rule in (
+        "destripe_NGC0628_F200W",
+        "miri_background_NGC0628_F770W",
+        "align_relative_NGC0628_NIRCAM",
+        "align_relative_NGC0628_MIRI",
+        "align_absolute_NGC0628_F300M",
+        "align_absolute_NGC0628_F1000W",
+        "lyot_split_NGC0628_F770W",
+        "level_match_NGC0628_F770W",
+        "destripe_multitile_NGC0628_F200W",
+        "noise_model_NGC0628_F770W",
+    ):
+        assert f"rule {rule}:" in out, f"{rule} missing from the DAG"
+    # NIRCam: destripe -> align_relative -> align_absolute -> level_match -> destripe_multitile -> noise_model
+    assert "results/NGC0628/destripe/jw09001001001_02101_00001_nrca1_cal.fits" in out
+    assert "--anchor-catalog results/NGC0628/align_absolute/NIRCAM_F300M_catalog.ecsv" in out
+    assert "--refcat results/NGC0628/align_absolute/NIRCAM_F300M_catalog.ecsv" in out
+    assert "--refcat results/NGC0628/references/NGC0628_refcat.ecsv" in out
+    assert "each_exposure.py destripe" in out and "each_exposure.py noise_model" in out
+
+
+def test_overrides_select_jobs_by_layout_and_switch_steps(tmp_path):
+    """The deep field gets remstriping and no relative/multi-exposure steps; an override can turn a step off."""
+    result = dry_run("--config", "targets=DEEPFIELD1", "--printshellcmds")
+    assert result.returncode == 0, result.stdout[-3000:]
+    out = result.stdout
+    assert '"method":"remstriping"' in out
+    assert "align_relative_DEEPFIELD1" not in out and "destripe_multitile_DEEPFIELD1" not in out
+    assert "align_absolute_DEEPFIELD1_F277W" in out
+    override = tmp_path / "no_destripe_f200w.yaml"
+    override.write_text(
+        "corrections:\n  destripe:\n    enabled: true\n    instruments: [NIRCAM]\n"
+        "    overrides:\n      - {filters: [F200W], enabled: false}\n"
+    )
+    result = dry_run("--config", "targets=NGC0628", "--configfile", str(override))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "destripe_NGC0628_F300M" in result.stdout and "destripe_NGC0628_F200W" not in result.stdout
+
+
+def test_missing_astrometry_reference_band_is_named(tmp_path):
+    override = tmp_path / "refband.yaml"
+    override.write_text(
+        "corrections:\n  align_relative:\n    enabled: true\n    instruments: [NIRCAM, MIRI]\n"
+        "    params: {reference_band: {NIRCAM: F410M, MIRI: F1000W}}\n"
+    )
+    result = dry_run("--quiet", "--config", "targets=NGC0628", "--configfile", str(override))
+    assert_rejected(result, "reference band F410M", "NGC0628", "overrides")
+
+
+def test_bad_override_selector_is_rejected(tmp_path):
+    override = tmp_path / "bad_override.yaml"
+    override.write_text(
+        "corrections:\n  destripe:\n    enabled: true\n    instruments: [NIRCAM]\n"
+        "    overrides:\n      - {bands: [F200W], enabled: false}\n"
+    )
+    result = dry_run("--quiet", "--configfile", str(override))
+    assert_rejected(result, "bands")
