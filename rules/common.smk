@@ -246,16 +246,30 @@ def streaming_mem_mb(wildcards, input, attempt):
 
 
 # ----------------------------------------------------------------------- astrometry (rules/astrometry.smk)
+def band_wavelength(filter):
+    return int(filter[1:-1]) / (100.0 if survey_plan.instrument_of(filter) == "NIRCAM" else 10.0)
+
+
 def astrometry_reference_band(step, target, instrument):
-    """Band whose sources measure an instrument's astrometry; a clear error when the target lacks it."""
+    """Band whose sources measure an instrument's astrometry: the configured one or, if the target
+    lacks it, the observed band nearest in wavelength (announced once)."""
     band = json.loads(step_params(step, target, instrument))["reference_band"][instrument]
-    if band not in instrument_filters(target, instrument):
-        raise ValueError(
-            f"corrections.{step}: reference band {band} of {instrument} was not observed for target {target} "
-            f"(its {instrument} bands: {', '.join(instrument_filters(target, instrument))}); set "
-            f"params.reference_band.{instrument} in an `overrides` entry for this target or layout"
+    observed = instrument_filters(target, instrument)
+    if band in observed:
+        return band
+    nearest = min(observed, key=lambda f: abs(band_wavelength(f) - band_wavelength(band)))
+    key = (step, target, instrument)
+    if key not in ANNOUNCED_FALLBACKS:
+        ANNOUNCED_FALLBACKS.add(key)
+        print(
+            f"corrections.{step}: {instrument} reference band {band} was not observed for {target}; using {nearest} "
+            f"(set params.reference_band.{instrument} in an `overrides` entry to choose)",
+            file=sys.stderr,
         )
-    return band
+    return nearest
+
+
+ANNOUNCED_FALLBACKS = set()
 
 
 def absolute_mapping(target, instrument):

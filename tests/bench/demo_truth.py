@@ -1,0 +1,105 @@
+"""Judge a finished run of the workflow on the synthetic survey against the simulator's truth: one JSON line.
+
+For one simulated target of a run directory (default: the repository, after ``make demo``):
+
+* astrometry: every truth star's true detector position (TRUE pointing) mapped through the
+  header WCS of the final exposures (what the mosaic is drizzled from), minus its true
+  position -- RMS in mas per instrument (``tests/bench/astrometry.py`` does this per step);
+* sky level: median of (final mosaic - truth mosaic) over the covered pixels, per band (the
+  truth mosaics have a zero sky; with anchoring, the anchored mosaics are judged);
+* flux: summed final mosaic / summed truth mosaic over the covered pixels.
+
+    python tests/bench/demo_truth.py --target NGC0628
+    python tests/bench/demo_truth.py --workdir /tmp/run --target DEEPFIELD1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import astrometry as astro_bench  # noqa: E402
+
+
+def target_entry(workdir: Path, target: str) -> dict:
+    import pandas as pd
+
+    sheet = pd.read_csv(REPO / "config" / "targets.tsv", sep="\t", comment="#").set_index("target")
+    row = sheet.loc[target]
+    return {
+        "target": target,
+        "ra": float(row["ra"]),
+        "dec": float(row["dec"]),
+        "layout": row["layout"],
+        "program": int(row["program"]),
+        "distance_mpc": float(row["distance_mpc"]),
+    }
+
+
+def final_exposures(run: Path) -> list[Path]:
+    """Exposures as they enter Stage 3: the last correction directory that holds each one."""
+    order = ["noise_model", "destripe_multitile", "level_match", "lyot_split", "align_absolute", "align_relative"]
+    chosen = {}
+    for step in reversed(order):
+        for path in (run / step).glob("jw*_cal.fits"):
+            if "_lyot" not in path.name:
+                chosen[path.name] = path
+    return sorted(chosen.values())
+
+
+def instrument_of(path: Path) -> str:
+    return "MIRI" if "_mirimage" in path.name else "NIRCAM"
+
+
+def mosaic_vs_truth(final: Path, truth: Path) -> dict:
+    from astropy.io import fits
+
+    sci = fits.getdata(final, "SCI").astype(np.float64)
+    wht = fits.getdata(final, "WHT")
+    true = fits.getdata(truth).astype(np.float64)
+    ok = np.isfinite(sci) & (wht > 0) & np.isfinite(true)
+    diff = sci[ok] - true[ok]
+    return {
+        "sky_offset_mjysr": round(float(np.median(diff)), 5),
+        "flux_ratio": round(float(sci[ok].sum() / true[ok].sum()), 4),
+        "n_pixels": int(ok.sum()),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", default=str(REPO), help="run directory holding results/")
+    parser.add_argument("--target", default="NGC0628")
+    parser.add_argument("--configfile", default=str(REPO / "config" / "config.yaml"))
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir)
+    run = workdir / "results" / args.target
+    cfg = yaml.safe_load(Path(args.configfile).read_text())["simulation"]
+    target = target_entry(workdir, args.target)
+    out = {"bench": "demo_truth", "target": args.target, "astrometry_mas": {}, "mosaics": {}}
+    exposures = final_exposures(run)
+    for instrument in ("NIRCAM", "MIRI"):
+        paths = [p for p in exposures if instrument_of(p) == instrument]
+        if paths:
+            res = astro_bench.truth_star_residuals(paths, run / "truth", cfg, target)
+            out["astrometry_mas"][instrument] = astro_bench.summarize(res)
+    for truth in sorted((run / "truth" / "mosaics").glob("*_truth.fits")):
+        band = truth.name.split("_")[-2]
+        anchored = run / "anchored" / f"{args.target}_{band}_i2d.fits"
+        final = anchored if anchored.exists() else run / "mosaic" / f"{args.target}_{band}_i2d.fits"
+        if final.exists():
+            out["mosaics"][band] = {"file": final.parent.name, **mosaic_vs_truth(final, truth)}
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
