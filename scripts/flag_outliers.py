@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,14 +76,30 @@ def blot_tile(median_model, model, blot: np.ndarray, kernel: str) -> int:
     return int(inside.sum())
 
 
-def overlapping_medians(exposure_path, median_paths, grid: dict, filter_name: str, margin: float = 8.0):
-    """The median tiles whose stored region the exposure's S_REGION reaches (tile metadata only)."""
+_TILE_META: dict = {}
+
+
+def median_tile_meta(path) -> dict | None:
+    """``meta.tile`` of a median tile, read once per process and file version.
+
+    ``each_exposure.py`` calls ``main`` once per exposure of a band in one process; without
+    the cache every exposure would re-read the metadata of every median tile of the band.
+    """
     from stdatamodels.jwst.datamodels import read_metadata
 
+    stat = os.stat(path)
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _TILE_META:
+        _TILE_META[key] = read_metadata(str(path), flatten=False)["meta"].get("tile")
+    return _TILE_META[key]
+
+
+def overlapping_medians(exposure_path, median_paths, grid: dict, filter_name: str, margin: float = 8.0):
+    """The median tiles whose stored region the exposure's S_REGION reaches (tile metadata only)."""
     polygon = mosaic_tiles.grid_footprints([exposure_path], grid, filter_name)[0][1]
     keep = []
     for path in median_paths:
-        tile = read_metadata(str(path), flatten=False)["meta"].get("tile")
+        tile = median_tile_meta(path)
         if not tile or "stored" not in tile:
             raise wfutils.InputError(f"{path}: not a median tile of median_tile.py (no meta.tile)")
         if tile["filter"] != filter_name:
