@@ -39,6 +39,15 @@ the others are taken from ``bench_<section>.json`` of an earlier run in ``--work
     python tests/bench/mosaic.py --workdir /tmp/mosaic_bench --only small outliers   # reuse the other sections
 
 Output: ``{"bench": "mosaic", ...}`` with peak RSS in MB, times in s.
+
+Measured (tile 4096, 2 cores shared with other jobs): largest tile job 1888 MB (16 inputs)
+vs 1884 MB (128; ratio 0.998); 16 inputs: ours 1888 MB / 103-140 s vs ResampleStep 6966 MB /
+88-137 s (0.27x memory, 1.02-1.17x wall time in two runs); SCI bit-identical except 527 of
+37.6 M pixels, max relative difference 1.4e-5 at one pixel where |SCI| = 0.003 ERR (2.9e-7 of
+max(|SCI|, ERR)), WHT/ERR/VAR <= 5e-7, CON identical; pixel scatter / ERR 0.668 -> 1.002 with
+the correlation correction, 0.2" apertures 0.968 (raw ERR) and 1.022 (ERR x NCORRFAC);
+outlier flags identical to OutlierDetectionStep on the same grid (Jaccard 0.9999, 0.37x memory,
+0.97x time). The 128-input gather did not fit on the disk (12 GB free).
 """
 
 from __future__ import annotations
