@@ -577,15 +577,43 @@ def drizzle_params():
     return json_param({"pixfrac": m["pixfrac"], "kernel": m["kernel"], "weight_type": m["weight_type"]})
 
 
-def tile_mem_mb(wildcards, input, attempt):
-    """A tile job holds the tile's output arrays (7 float planes + context) and one input exposure at a time
-    (~6 planes of the largest input, opened as a datamodel with its work copies), plus the python stack."""
+def largest_input_megapixels(input):
+    """Pixels (1e6) of the largest input image: a cal/crf file carries ~24 bytes per pixel (SCI, ERR, DQ, 3 VAR)."""
+    largest = max((os.path.getsize(f) for f in input if os.path.exists(f) and f.endswith(".fits")), default=0)
+    return largest / 24e6
+
+
+def tile_job_mb(input, median):
+    """Tile jobs, envelope of the jobs measured by tests/bench/mosaic.py (T tile and I largest-input
+    megapixels, N inputs): 620 + 60 T + 150 min(T, I) + 5 N MB, with 20% headroom; the median job
+    also holds its stack in memory (4 N T MB) up to median_tile.py's median_memory_mb (2000)."""
     side = config["mosaic"]["tile_size_px"]
-    largest = max((os.path.getsize(f) for f in input if os.path.exists(f)), default=0) / 1e6
-    return int((800 + 10 * side * side * 4 / 1e6 + 4 * largest) * attempt)
+    tile, n = side * side / 1e6, len(input)
+    stack = min(4 * n * tile, 2000) if median else 0
+    return 1.2 * (620 + 60 * tile + 150 * min(tile, largest_input_megapixels(input)) + 5 * n + stack)
+
+
+def median_tile_mem_mb(wildcards, input, attempt):
+    return int(tile_job_mb(input, median=True) * attempt)
+
+
+def drizzle_tile_mem_mb(wildcards, input, attempt):
+    return int(tile_job_mb(input, median=False) * attempt)
+
+
+def band_grid_shape(wildcards):
+    grid = json.loads(Path(checkpoints.mosaic_grid.get(target=wildcards.target).output[0]).read_text())
+    return mosaic_tiles.filter_spec(grid, wildcards.filter)["shape"]
 
 
 def gather_mem_mb(wildcards, input, attempt):
-    """The gather streams one row of tiles of one extension at a time: a few tiles, at least 2 GB."""
-    largest = max((os.path.getsize(f) for f in input if os.path.exists(f)), default=0) / 1e6
-    return int(max(2000, 800 + 4 * largest) * attempt)
+    """The gather streams one row of tiles of one extension (8 bytes x tile side x grid width) plus a tile."""
+    side = config["mosaic"]["tile_size_px"]
+    ny, nx = band_grid_shape(wildcards)
+    return int(1.2 * (300 + 8 * side * nx / 1e6 + 16 * side * side / 1e6) * attempt) + 500
+
+
+def correlated_noise_mem_mb(wildcards, input, attempt):
+    """Measured on a window of at most 4096 x 4096 pixels: 350 + 95 W (W window megapixels)."""
+    ny, nx = band_grid_shape(wildcards)
+    return int(1.2 * (350 + 95 * min(ny, 4096) * min(nx, 4096) / 1e6) * attempt) + 500

@@ -65,7 +65,7 @@ rule median_tile:
     benchmark:
         "benchmarks/median_tile/{target}/{filter}_{tile}.tsv"
     resources:
-        mem_mb=tile_mem_mb,
+        mem_mb=median_tile_mem_mb,
         runtime=lambda wildcards, attempt: 30 * attempt,
     conda:
         "../envs/jwst.yaml"
@@ -129,7 +129,7 @@ rule drizzle_tile:
     benchmark:
         "benchmarks/drizzle_tile/{target}/{filter}_{tile}.tsv"
     resources:
-        mem_mb=tile_mem_mb,
+        mem_mb=drizzle_tile_mem_mb,
         runtime=lambda wildcards, attempt: 30 * attempt,
     conda:
         "../envs/jwst.yaml"
@@ -177,7 +177,7 @@ rule correlated_noise:
     benchmark:
         "benchmarks/correlated_noise/{target}/{filter}.tsv"
     resources:
-        mem_mb=gather_mem_mb,
+        mem_mb=correlated_noise_mem_mb,
         runtime=lambda wildcards, attempt: 30 * attempt,
     conda:
         "../envs/jwst.yaml"
