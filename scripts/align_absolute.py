@@ -52,7 +52,7 @@ DEFAULTS = {
         "sigma": 3.0,
     },
     "min_matches": 10,
-    "min_spread_arcsec": 5.0,  # rotation needs matches spread over the field
+    "min_spread_arcsec": 5.0,  # rotation needs matches spread over the field (else shift only)
     "max_rotation_deg": 0.1,
     "min_rotation_significance": 3.0,  # a rotation below this many sigma is dropped (shift-only fit)
     "max_rms_mas": 25.0,
@@ -82,8 +82,9 @@ def fit_to_reference(img_xy, ref_xy, params: dict, pscale: float, band: str) -> 
     """Two-step match and fit of image positions (arcsec, tangent plane) to reference positions.
 
     Returns the ``astro_common.two_step_match`` result; raises InputError naming ``band`` and the
-    numbers for too few matches, a degenerate geometry, a rotation beyond ``max_rotation_deg`` or
-    an RMS above ``max_rms_mas``.
+    numbers for too few matches, matches that all lie in one spot, a rotation beyond
+    ``max_rotation_deg`` or an RMS above ``max_rms_mas``. Matches spread over less than
+    ``min_spread_arcsec`` (a narrow field) fix the shift but not the rotation: shift only.
     """
     wide = dict(params["wide"])
     order = np.arange(len(img_xy))[: int(wide.get("max_sources", len(img_xy)))]  # image catalogue is flux-sorted
@@ -110,24 +111,36 @@ def fit_to_reference(img_xy, ref_xy, params: dict, pscale: float, band: str) -> 
     fit = result["fit"]
     matched = img_xy[result["img_idx"]]
     spread = np.sqrt(np.linalg.eigvalsh(np.cov(matched.T))) if n > 2 else np.zeros(2)
-    if params["strict"]["fitgeom"] != "shift" and spread.min() < params["min_spread_arcsec"]:
+    if spread.max() < pscale:
         raise wfutils.InputError(
-            f"{band}: degenerate fit, the {n} matched sources span only {spread.min():.2f} arcsec across "
-            f"(min_spread_arcsec {params['min_spread_arcsec']}); rotation is undetermined"
+            f"{band}: degenerate fit, the {n} matched sources lie within {spread.max():.3f} arcsec of each other"
         )
     rotation = correction_from_fit(fit, 0.0, 0.0).rotation_deg  # east towards north
     rotation_err = rotation_uncertainty_deg(ref_xy[result["ref_idx"]], matched, fit)
     result["rotation_err_deg"] = rotation_err
-    if params["strict"]["fitgeom"] != "shift" and abs(rotation) < params["min_rotation_significance"] * rotation_err:
+    narrow = spread.min() < params["min_spread_arcsec"]
+    if params["strict"]["fitgeom"] != "shift" and (
+        narrow or abs(rotation) < params["min_rotation_significance"] * rotation_err
+    ):
         from tweakwcs import iter_linear_fit
 
-        log.info(
-            "%s: rotation %+.5f +- %.5f deg is below %.1f sigma; keeping a shift-only fit",
-            band,
-            rotation,
-            rotation_err,
-            params["min_rotation_significance"],
-        )
+        if narrow:
+            log.warning(
+                "%s: the %d matched sources span only %.2f arcsec across (min_spread_arcsec %s): rotation "
+                "undetermined, fitting a shift only",
+                band,
+                n,
+                spread.min(),
+                params["min_spread_arcsec"],
+            )
+        else:
+            log.info(
+                "%s: rotation %+.5f +- %.5f deg is below %.1f sigma; keeping a shift-only fit",
+                band,
+                rotation,
+                rotation_err,
+                params["min_rotation_significance"],
+            )
         fit = iter_linear_fit(ref_xy[result["ref_idx"]], matched, fitgeom="shift", nclip=0)
         result["fit"] = fit
         rotation = 0.0

@@ -346,3 +346,22 @@ def test_wrong_catalog_columns_and_catalog_off_the_field(survey, tmp_path):
     with pytest.raises(wfutils.InputError, match=r"F300M: .*(too few matches|need >= 10)"):
         align_absolute.main([*inputs, "--refcat", str(tmp_path / "random.ecsv"), "--out-dir", str(tmp_path / "o3")])
     assert not any((tmp_path / d).exists() for d in ("o1", "o2", "o3"))
+
+
+def test_narrow_field_fits_a_shift_only_and_one_spot_fails():
+    """Matches spread over less than min_spread_arcsec fix the shift, not the rotation; sources all in
+    one spot are refused with the band named."""
+    import align_absolute
+
+    rng = np.random.default_rng(5)
+    ref = np.column_stack([rng.uniform(-30, 30, 60), rng.uniform(-1.5, 1.5, 60)])  # a 3"-wide strip
+    shift = np.array([0.35, -0.2])
+    img = ref + shift + rng.normal(0, 0.005, ref.shape)
+    params = align_absolute.resolve_params({}, "NIRCAM")
+    result = align_absolute.fit_to_reference(img, ref, params, 0.05, "F277W")
+    fit = result["fit"]
+    assert fit["fitgeom"] == "shift"
+    np.testing.assert_allclose(-np.asarray(fit["shift"]), shift, atol=0.003)
+    spot = np.column_stack([rng.normal(0, 0.01, 20), rng.normal(0, 0.01, 20)])
+    with pytest.raises(wfutils.InputError, match="F277W: (degenerate fit|too few matches)"):
+        align_absolute.fit_to_reference(spot + shift, spot, params, 0.05, "F277W")

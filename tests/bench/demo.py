@@ -12,7 +12,7 @@ such as ``simulate_exposures_NGC0628_F200W`` write under their stem
 Output (one line)::
 
     {"bench": "demo", "wall_s": 412.3, "wall_source": "measured",
-     "rules": {"resample": {"jobs": 15, "s_total": 60.1, "max_rss_mb": 812.4}, ...},
+     "rules": {"drizzle_tile": {"jobs": 15, "s_total": 60.1, "max_rss_mb": 812.4}, ...},
      "peak_rss_mb": 1904.2}
 
 The sum of the rules' seconds is CPU-side work, not wall time (jobs run in parallel). Without
