@@ -601,19 +601,16 @@ def drizzle_tile_mem_mb(wildcards, input, attempt):
     return int(tile_job_mb(input, median=False) * attempt)
 
 
-def band_grid_shape(wildcards):
-    grid = json.loads(Path(checkpoints.mosaic_grid.get(target=wildcards.target).output[0]).read_text())
-    return mosaic_tiles.filter_spec(grid, wildcards.filter)["shape"]
-
-
 def gather_mem_mb(wildcards, input, attempt):
-    """The gather streams one row of tiles of one extension (8 bytes x tile side x grid width) plus a tile."""
+    """The gather streams one row of tiles of one extension (8 bytes x tile side x grid width) plus a
+    tile; before the grid exists (dry runs) a full-size guess of 30000 pixels across."""
     side = config["mosaic"]["tile_size_px"]
-    ny, nx = band_grid_shape(wildcards)
+    nx = 30000
+    if os.path.exists(input.grid):
+        nx = mosaic_tiles.filter_spec(json.loads(Path(input.grid).read_text()), wildcards.filter)["shape"][1]
     return int(1.2 * (300 + 8 * side * nx / 1e6 + 16 * side * side / 1e6) * attempt) + 500
 
 
 def correlated_noise_mem_mb(wildcards, input, attempt):
-    """Measured on a window of at most 4096 x 4096 pixels: 350 + 95 W (W window megapixels)."""
-    ny, nx = band_grid_shape(wildcards)
-    return int(1.2 * (350 + 95 * min(ny, 4096) * min(nx, 4096) / 1e6) * attempt) + 500
+    """Measured on a window of at most 4096 x 4096 pixels: 350 + 95 W MB (W window megapixels)."""
+    return int(1.2 * (350 + 95 * 4096 * 4096 / 1e6) * attempt) + 500

@@ -122,7 +122,8 @@ def test_correction_chain_runs_in_the_papers_order():
 
 
 def test_overrides_select_jobs_by_layout_and_switch_steps(tmp_path):
-    """The deep field destripes on all scales and skips relative/multi-exposure steps; an override can turn a step off."""
+    """The deep field destripes on all scales and skips relative/multi-exposure steps; an override can
+    turn a step off."""
     result = dry_run("--config", "targets=DEEPFIELD1", "--printshellcmds")
     assert result.returncode == 0, result.stdout[-3000:]
     out = result.stdout

@@ -18,14 +18,13 @@ import numpy as np
 import pytest
 import yaml
 from astropy.io import fits
-
 from conftest import REPO, run_snakemake
 
 RA0, DEC0 = 150.1, 2.2
 DETECTOR_ARCSEC = 63.4  # 2040 pixels of 0.031"
 DETECTORS = ["nrca1", "nrca2", "nrca3", "nrca4", "nrcb1", "nrcb2", "nrcb3", "nrcb4"]
 TILE_SIZE = 2048
-SHEET = "target\tra\tdec\tdistance_mpc\tinput\tlayout\tprogram\tinput_level\toffield_obs\tnotes\n"
+SHEET = "target\tra\tdec\tdistance_mpc\tinput\tlayout\tprogram\tinput_level\tofffield_obs\tnotes\n"
 
 
 def s_region(xi_arcsec, eta_arcsec):
@@ -34,7 +33,7 @@ def s_region(xi_arcsec, eta_arcsec):
     corners = [(-half, -half), (half, -half), (half, half), (-half, half)]
     ra = [RA0 + (xi_arcsec + dx) / 3600 / math.cos(math.radians(DEC0)) for dx, _ in corners]
     dec = [DEC0 + (eta_arcsec + dy) / 3600 for _, dy in corners]
-    return "POLYGON ICRS " + " ".join(f"{r:.9f} {d:.9f}" for r, d in zip(ra, dec))
+    return "POLYGON ICRS " + " ".join(f"{r:.9f} {d:.9f}" for r, d in zip(ra, dec, strict=True))
 
 
 def write_exposure(path, visit, dither, k, xi, eta):
@@ -64,7 +63,7 @@ def big_target(tmp_path_factory):
                 name = f"jw01234001{visit:03d}_02101_{dither:05d}_{DETECTORS[k]}_cal.fits"
                 write_exposure(data / name, visit, dither, k, xi, eta)
     sheet = root / "targets.tsv"
-    sheet.write_text(SHEET.replace("offield", "offfield") + f"BIG\t{RA0}\t{DEC0}\t\t{data}\t\t1234\tcal\t\t128 exposures\n")
+    sheet.write_text(SHEET + f"BIG\t{RA0}\t{DEC0}\t\t{data}\t\t1234\tcal\t\t128 exposures\n")
     corrections = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["corrections"]
     override = root / "override.yaml"
     override.write_text(
