@@ -80,7 +80,7 @@ def test_default_config_plans_the_simulated_survey():
 def test_target_selection_schedules_only_that_target():
     result = dry_run("--config", "targets=NGC0628")
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "outlier_detection_NGC0628_" in result.stdout
+    assert "level_match_NGC0628_" in result.stdout
     assert "DEEPFIELD1" not in result.stdout, "a DEEPFIELD1 job was scheduled with targets=NGC0628"
 
 
@@ -91,7 +91,7 @@ def test_rule_graph_is_drawable():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.lstrip().startswith("digraph")
-    for rule in ("simulate_sky", "mosaic_grid", "resample", "all"):
+    for rule in ("simulate_sky", "mosaic_grid", "drizzle_tile", "gather_tiles", "all"):
         assert f'label = "{rule}"' in result.stdout
 
 
