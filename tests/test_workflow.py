@@ -133,9 +133,17 @@ def test_mosaics_are_image_models_with_provenance(clean_run):
         for ext in ("data", "err", "con", "wht", "var_poisson", "var_rnoise", "var_flat"):
             assert getattr(model, ext) is not None
     header = fits.getheader(path, 0)
-    assert header["WFVERS"] and header["WFSTEP"] == "resample"
+    assert header["WFVERS"] and header["WFSTEP"] == "correlated_noise"
     assert header["WFCFGHSH"] != "standalone"
-    assert header["WFNINPUT"] > 1 and header["WFIN0001"].endswith("_crf.fits")
+    assert "NCPIXRAT" in header and "NCORRFAC" in header
+    # provenance chain: correlated_noise <- gather_tiles <- drizzle_tile <- crf exposures
+    gathered = path.parent.parent / "drizzled" / header["WFIN0001"]
+    gathered_header = fits.getheader(gathered, 0)
+    assert gathered_header["WFSTEP"] == "gather_tiles" and gathered_header["WFIN0001"].startswith("tile_")
+    band = path.name.split("_")[1]
+    tile_header = fits.getheader(gathered.parent / band / gathered_header["WFIN0001"], 0)
+    assert tile_header["WFSTEP"] == "drizzle_tile"
+    assert tile_header["WFNINPUT"] > 1 and tile_header["WFIN0001"].endswith("_crf.fits")
 
 
 # ----------------------------------------------------------------------------- reruns and inputs
