@@ -1056,18 +1056,22 @@ def command_truth_table(args):
     wfutils.write_text("\n".join(table_lines(merged)) + "\n", args.out)
 
 
-def simulate_target(root, sim: dict, target: dict, filters, log_file=None) -> None:
+def simulate_target(root, sim: dict, target: dict, filters, log_file=None, reuse: bool = False) -> None:
     """Sky, references and the exposures of ``filters`` for one target under ``root``.
 
     Layout: ``truth/`` (sky truth, per-filter truth tables ``<band>.ecsv``), ``truth/exp/``
     (per-exposure truth), ``refs/`` (references, ``refs/wisps/``), ``cal/`` (exposures).
-    The same calls as the Snakemake rules, for tests and benchmarks.
+    The same calls as the Snakemake rules, for tests and benchmarks. With ``reuse`` the sky and
+    every band whose truth table exists already are kept (benchmarks rerun in one directory).
     """
     root = Path(root)
     log = ["--log", str(log_file)] if log_file else []
     common = ["--sim", json.dumps(sim), "--target", json.dumps(target)]
-    main([*log, "sky", *common, "--out-dir", str(root / "truth"), "--references-dir", str(root / "refs")])
+    if not (reuse and (root / "truth" / "sky_truth.json").exists()):
+        main([*log, "sky", *common, "--out-dir", str(root / "truth"), "--references-dir", str(root / "refs")])
     for band in filters:
+        if reuse and (root / "truth" / f"{band}.ecsv").exists():
+            continue
         main(
             [
                 *log,

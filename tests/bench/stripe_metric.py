@@ -24,7 +24,6 @@ For one exposure with truth arrays (``<name>_truth.fits``: SKY, BKG, STRIPES, WI
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +162,7 @@ def simulate(root, sim_config: dict, layout: str, filters, scale: float, tiles=(
     """Render the NIRCam exposures of ``filters`` for one layout with the simulator CLI into ``root``.
 
     ``root/cal/*_cal.fits`` and ``root/truth/exp/*_truth.fits`` are written; a band already
-    rendered there (marker file) is reused.  MIRI is left out of the layout.
+    rendered there (its truth table exists) is reused.  MIRI is left out of the layout.
     """
     import simulate_survey
 
@@ -180,32 +179,7 @@ def simulate(root, sim_config: dict, layout: str, filters, scale: float, tiles=(
     for name, values in (BENCH_EFFECTS if effects is None else effects).items():
         cfg["effects"][name].update(values)
     target = {"layout": layout, **TARGETS[layout]}
-    common = ["--sim", json.dumps(cfg), "--target", json.dumps(target)]
-    if not (root / "truth" / "sky_truth.json").exists():
-        simulate_survey.main(["sky", *common, "--out-dir", str(root / "truth"), "--references-dir", str(root / "refs")])
-    for band in filters:
-        marker = root / f".{band}.done"
-        if marker.exists():
-            continue
-        simulate_survey.main(
-            [
-                "exposures",
-                *common,
-                "--filter",
-                band,
-                "--sky-dir",
-                str(root / "truth"),
-                "--out-dir",
-                str(root / "cal"),
-                "--truth-dir",
-                str(root / "truth" / "exp"),
-                "--wisp-dir",
-                str(root / "refs" / "wisps"),
-                "--truth-table",
-                str(root / f"{band}.ecsv"),
-            ]
-        )
-        marker.write_text("done\n")
+    simulate_survey.simulate_target(root, cfg, target, filters, reuse=True)
     return root
 
 
