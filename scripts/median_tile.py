@@ -216,27 +216,18 @@ def tile_meta(tile, stored, filter_name: str, n_band: int, params: dict, groups:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "inputs", nargs="+", help="all exposures of the band in band order, or with --tiles the band's first "
-        "exposure and the tile's listed ones"
-    )  # fmt: skip
-    parser.add_argument("--tiles", help="tile table JSON from mosaic_tiles.py (band order and per-tile inputs)")
-    parser.add_argument("--grid", required=True, help="grid JSON from mosaic_grid.py")
-    parser.add_argument("--filter", required=True)
-    parser.add_argument("--tile", type=int, required=True, help="tile index (mosaic_tiles.tile_layout)")
-    parser.add_argument("--tile-size", type=int, required=True, help="tile side (output pixels)")
-    parser.add_argument("--out", required=True, help="median tile FITS (ImageModel)")
-    parser.add_argument("--params", default="{}", help="JSON: maskpt, pixfrac, kernel, weight_type, median_memory_mb")
-    parser.add_argument("--config-hash", default=None)
-    parser.add_argument("--log")
+    mosaic_tiles.add_tile_job_arguments(
+        parser,
+        "all exposures of the band in band order, or with --tiles the band's first exposure and the tile's listed ones",
+        "median tile FITS (ImageModel)",
+        "JSON: maskpt, pixfrac, kernel, weight_type, median_memory_mb",
+    )
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
-    grid = json.loads(Path(args.grid).read_text())
-    tile = mosaic_tiles.tile_of(mosaic_tiles.filter_spec(grid, args.filter), args.tile_size, args.tile)
+    grid, tile, table = mosaic_tiles.read_tile_job(args)
     params = json.loads(args.params)
     Path(args.out).resolve().parent.mkdir(parents=True, exist_ok=True)
     params.setdefault("tempdir", str(Path(args.out).resolve().parent))
-    table = json.loads(Path(args.tiles).read_text()) if args.tiles else None
     model, used = median_tile(args.inputs, grid, args.filter, tile, params, table)
     wfutils.save_model(model, args.out, sorted(set(map(str, used))), args.config_hash, "median_tile")
     log.info("wrote %s", args.out)

@@ -451,6 +451,28 @@ def tile_margin_px(kernel: str, out_per_in: float) -> int:
 
 
 # --------------------------------------------------------------------------- entry point
+def add_tile_job_arguments(parser, inputs_help: str, out_help: str, params_help: str) -> None:
+    """Command line shared by the per-tile jobs (median_tile.py, drizzle_tile.py)."""
+    parser.add_argument("inputs", nargs="+", help=inputs_help)
+    parser.add_argument("--tiles", help="tile table JSON from mosaic_tiles.py (band order and per-tile inputs)")
+    parser.add_argument("--grid", required=True, help="grid JSON from mosaic_grid.py")
+    parser.add_argument("--filter", required=True)
+    parser.add_argument("--tile", type=int, required=True, help="tile index (mosaic_tiles.tile_layout)")
+    parser.add_argument("--tile-size", type=int, required=True, help="tile side (output pixels)")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--params", default="{}", help=params_help)
+    parser.add_argument("--config-hash", default=None)
+    parser.add_argument("--log")
+
+
+def read_tile_job(args):
+    """(grid, tile, tile table or None) of a per-tile job's parsed arguments."""
+    grid = json.loads(Path(args.grid).read_text())
+    tile = tile_of(filter_spec(grid, args.filter), args.tile_size, args.tile)
+    table = json.loads(Path(args.tiles).read_text()) if args.tiles else None
+    return grid, tile, table
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="exposures of one band (their S_REGION is read)")
