@@ -10,7 +10,11 @@ For one simulated target of a run directory (default: the repository, after ``ma
   the faintest 60% of the truth pixels (robust to a flux-scale error and to the resolution
   difference), per band (the truth mosaics have a zero sky; with
   anchoring, the anchored mosaics are judged);
-* flux: summed final mosaic / summed truth mosaic over the covered pixels.
+* flux: summed final mosaic / summed truth mosaic over the covered pixels;
+* anchoring: for each band fitted against another band, the intercept the same fit (pairing,
+  resolution and intensity range of the run's anchoring table) finds between the two TRUTH
+  mosaics over the run's coverage: the error the linear-relation assumption alone causes
+  (the anchored band's sky error is about minus this value).
 
     python tests/bench/demo_truth.py --target NGC0628
     python tests/bench/demo_truth.py --workdir /tmp/run --target DEEPFIELD1
@@ -93,6 +97,37 @@ def mosaic_vs_truth(final: Path, truth: Path) -> dict:
     }
 
 
+def truth_relation_intercepts(run: Path, target: str, params: dict) -> dict:
+    """Intercept of each relative anchoring fit repeated on the truth mosaics (zero sky), by band."""
+    from astropy.table import Table
+
+    import anchor_background as ab
+
+    table_path = run / "anchored" / f"{target}_anchoring.ecsv"
+    if not table_path.exists():
+        return {}
+    fit_params = {**ab.DEFAULTS, **params}
+    truth = run / "truth" / "mosaics"
+
+    def truth_record(band):
+        record = ab.read_mosaic(truth / f"{target}_{band}_truth.fits", 0)
+        covered = ab.read_mosaic(run / "mosaic" / f"{target}_{band}_i2d.fits", fit_params["bad_flags"])
+        record.data = np.where(np.isfinite(covered.data), record.data, np.nan)
+        return record
+
+    out = {}
+    for row in Table.read(table_path):
+        if row["role"] != "relative":
+            continue
+        band, against = str(row["band"]), str(row["against"])
+        y_rec, x_rec = truth_record(band), truth_record(against)
+        fwhm = [fit_params["fwhm_arcsec"].get(b) or ab.diffraction_fwhm_arcsec(b) for b in (band, against)]
+        xs, ys = ab.comparison_pair(y_rec, fwhm[0], x_rec, fwhm[1], float(row["resolution_arcsec"]), fit_params)
+        fit = ab.fit_relation(xs, ys, [float(row["range_lo_mjysr"]), float(row["range_hi_mjysr"])], fit_params)
+        out[band] = round(float(fit["intercept"]), 5)
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default=str(REPO), help="run directory holding results/")
@@ -101,7 +136,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
     run = workdir / "results" / args.target
-    cfg = yaml.safe_load(Path(args.configfile).read_text())["simulation"]
+    full_cfg = yaml.safe_load(Path(args.configfile).read_text())
+    cfg = full_cfg["simulation"]
     target = target_entry(workdir, args.target)
     out = {"bench": "demo_truth", "target": args.target, "astrometry_mas": {}, "mosaics": {}}
     exposures = final_exposures(run)
@@ -116,6 +152,8 @@ def main(argv=None):
         final = anchored if anchored.exists() else run / "mosaic" / f"{args.target}_{band}_i2d.fits"
         if final.exists():
             out["mosaics"][band] = {"file": final.parent.name, **mosaic_vs_truth(final, truth)}
+    for band, intercept in truth_relation_intercepts(run, args.target, full_cfg["anchoring"]["params"]).items():
+        out["mosaics"][band]["truth_relation_intercept_mjysr"] = intercept
     print(json.dumps(out))
 
 
