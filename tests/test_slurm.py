@@ -126,10 +126,11 @@ def snakemake_env(**extra) -> dict:
     return env
 
 
-def start(workdir: Path, *args: str, env: dict) -> subprocess.Popen:
+def start(workdir: Path, *args: str, env: dict, targets=()) -> subprocess.Popen:
     """Snakemake in ``workdir`` (its results/, logs/ and Slurm logs go there) under `timeout -k`."""
     config = write_config(workdir)
     cmd = ["timeout", "-k", "30", str(RUN_TIMEOUT_S), str(BIN / "snakemake"), "-s", str(REPO / "Snakefile")]
+    cmd += list(targets)  # before the options that take several values
     cmd += ["--configfile", str(REPO / "config" / "config.yaml"), str(config), *args]
     log = open(workdir / "snakemake.out", "w")
     return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -163,7 +164,7 @@ def runs(slurm_cluster, tmp_path_factory):
             *FAST_STATUS,
             "--set-resources",
             "simulate_sky:mem_mb=100 if attempt == 1 else 2000",
-            SKY,
+            targets=[SKY],
             env=snakemake_env(HOME=str(home)),
         ),
     }
