@@ -59,7 +59,7 @@ DEFAULTS = {
     "trim_energy": 0.9999,  # keep the radius holding this fraction of sum |K| (1: no trimming)
     "thresholds": {"very_safe": 0.3, "safe": 0.5, "aggressive": 1.0},
     "search_factors": [1.02, 3.0],  # Gaussian FWHM range of the search, x the source FWHM
-    "search_points": 25,
+    "search_points": 16,
     "search_tolerance_arcsec": 0.001,
 }
 SAFETY_CLASSES = ("very_safe", "safe", "aggressive")
