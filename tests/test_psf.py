@@ -227,14 +227,16 @@ FAST_CONFIG = {
 
 @pytest.mark.workflow
 def test_workflow_makes_a_matched_mosaic(tmp_path):
-    """Deep field at 1/16 scale, F444W only: the 0.9" image of the mosaic equals the mosaic convolved here with
-    the kernel (plumbing), BMAJ is 0.9", and the noise curve shows the smoothing gain (< 1/3 of the native noise)."""
+    """Deep field at 1/16 scale observed in F444W only: the 0.9" image of the mosaic equals the mosaic convolved
+    here with the kernel (plumbing), BMAJ is 0.9", and the noise curve shows the smoothing gain (below 1/3 of the
+    native noise at the largest resolution the ~20" mosaic still measures, >= 0.5")."""
     import yaml
     from astropy.io import fits
     from astropy.table import Table
 
     override = yaml.safe_load((REPO / "tests" / "configs" / "clean_sky.yaml").read_text())
     override["simulation"]["scale"] = 0.0625
+    override["simulation"]["layouts"] = {"ceers_deep": {"nircam": {"filters": ["F444W"]}}}
     override["targets"] = ["DEEPFIELD1"]
     override["anchoring"] = {"enabled": False}
     override.setdefault("corrections", {}).update(
@@ -263,8 +265,9 @@ def test_workflow_makes_a_matched_mosaic(tmp_path):
     assert both.sum() > 0.5 * np.isfinite(sci).sum()
     assert np.allclose(out[both], expected[both], rtol=1e-4, atol=1e-6)
     table = Table.read(tmp_path / curve, format="ascii.ecsv")
-    at = table[np.argmin(np.abs(table["resolution_arcsec"] - 0.9))]
-    assert at["std_measured"] < table["std_measured"][0] / 3
+    measured = table[np.isfinite(table["std_measured"])]
+    assert measured["resolution_arcsec"][-1] >= 0.5
+    assert measured["std_measured"][-1] < measured["std_measured"][0] / 3
     targets = Table.read(tmp_path / "results/psf/gaussian_targets.ecsv", format="ascii.ecsv")
     assert list(targets["filter"]) == ["F444W"]
     assert targets["very_safe_fwhm_arcsec"][0] > targets["source_fwhm_arcsec"][0]
