@@ -243,8 +243,23 @@ def stpsf_data_path() -> Path | None:
     return path if (path / "version.txt").is_file() else None
 
 
+def odd_centred(psf: np.ndarray) -> np.ndarray:
+    """An even-sized PSF (centred between pixels, as stpsf's with an even oversampling) interpolated by half a
+    pixel onto an odd grid centred on its central pixel (cubic spline), sum 1; odd sizes are returned as they are."""
+    from scipy.ndimage import map_coordinates
+
+    ny, nx = psf.shape
+    if ny % 2 and nx % 2 and ny == nx:
+        return psf
+    n = min(ny, nx) - 1 if min(ny, nx) % 2 == 0 else min(ny, nx)
+    r = np.arange(n) - (n - 1) / 2
+    yy, xx = np.meshgrid(r + (ny - 1) / 2, r + (nx - 1) / 2, indexing="ij")
+    out = map_coordinates(psf, [yy, xx], order=3, mode="constant", cval=0.0)
+    return out / out.sum()
+
+
 def stpsf_psf(filter_name: str, oversample: int, fov_arcsec: float, n_wavelengths: int):
-    """(psf, pixscale) from stpsf: the OVERDIST extension (distortion and detector effects), sum 1."""
+    """(psf, pixscale) from stpsf: the OVERDIST extension (distortion and detector effects), odd size, sum 1."""
     import stpsf
 
     instrument = stpsf.MIRI() if survey_plan.instrument_of(filter_name) == "MIRI" else stpsf.NIRCam()
@@ -252,7 +267,7 @@ def stpsf_psf(filter_name: str, oversample: int, fov_arcsec: float, n_wavelength
     fov_px = int(round(fov_arcsec / instrument.pixelscale)) | 1
     hdul = instrument.calc_psf(oversample=int(oversample), fov_pixels=fov_px, nlambda=int(n_wavelengths))
     ext = "OVERDIST" if "OVERDIST" in hdul else 0
-    psf = np.asarray(hdul[ext].data, dtype=np.float64)
+    psf = odd_centred(np.asarray(hdul[ext].data, dtype=np.float64))
     return psf / psf.sum(), float(hdul[ext].header["PIXELSCL"])
 
 

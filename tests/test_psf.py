@@ -88,6 +88,18 @@ def test_stpsf_is_used_only_with_its_data(monkeypatch, tmp_path, caplog):
         psf_model.build_psf("F770W", {**FAST, "model": "stpsf"})
 
 
+def test_even_sized_psf_is_recentred_on_an_odd_grid():
+    """stpsf's oversampled PSFs have even sizes (centre between pixels): half-pixel interpolation keeps the
+    width (0.5%) and puts the peak on the central pixel."""
+    n, sigma = 128, 6.0
+    r = np.arange(n) - (n - 1) / 2
+    even = np.exp(-0.5 * (r[:, None] ** 2 + r[None, :] ** 2) / sigma**2)
+    odd = psf_model.odd_centred(even / even.sum())
+    assert odd.shape == (127, 127) and np.unravel_index(np.argmax(odd), odd.shape) == (63, 63)
+    assert psf_model.half_max_fwhm(odd, 1.0) == pytest.approx(2.3548 * sigma, rel=0.005)
+    assert odd.sum() == pytest.approx(1.0)
+
+
 # --------------------------------------------------------------------------- kernels
 def test_gaussian_to_gaussian_kernel_is_the_analytic_gaussian():
     """Aniano kernel between Gaussians of 0.5" and 0.9" FWHM = Gaussian of sqrt(0.9^2 - 0.5^2)": W- ~ 0, D < 1e-3."""
