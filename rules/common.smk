@@ -693,6 +693,17 @@ def psf_products(target):
     return products
 
 
+def mosaic_megapixels(path):
+    """Pixels (1e6) of a mosaic's SCI from its header; before it exists (dry runs) a full-size MIRI guess."""
+    if os.path.exists(path):
+        from astropy.io import fits
+
+        header = fits.getheader(path, "SCI")
+        return header["NAXIS1"] * header["NAXIS2"] / 1e6
+    return 21.0
+
+
 def matched_mem_mb(wildcards, input, attempt):
-    """Convolution holds SCI, ERR, the mask and three float64 products: ~3x the mosaic file (7 float32 planes)."""
-    return int((500 + 3 * input.size_mb) * attempt)
+    """convolve_image.py holds float64 SCI, ERR, mask, coverage and products plus FFT blocks: 500 MB + 120 bytes
+    per pixel (tests/bench/psf.py: 2.5 GB for a 4152 x 5144 MIRI mosaic)."""
+    return int((500 + 120 * mosaic_megapixels(input.image)) * attempt)
