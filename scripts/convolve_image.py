@@ -146,15 +146,15 @@ def read_kernel(path):
 def matched_cards(kheader, kernel_path, image_scale: float, kernel_px: int) -> list[tuple[str, object, str]]:
     fwhm = float(kheader.get("TFWHM", math.nan))
     return [
-        ("BMAJ", fwhm / 3600.0, "[deg] beam major axis FWHM after convolution"),
-        ("BMIN", fwhm / 3600.0, "[deg] beam minor axis FWHM after convolution"),
+        ("BMAJ", fwhm / 3600.0, "[deg] beam major axis FWHM"),
+        ("BMIN", fwhm / 3600.0, "[deg] beam minor axis FWHM"),
         ("BPA", 0.0, "[deg] beam position angle"),
         ("RESOLUTN", fwhm, "[arcsec] resolution (FWHM) after convolution"),
         ("PSFMATCH", str(kheader.get("KTARGET", "")), "target PSF of the kernel"),
         ("KSOURCE", str(kheader.get("KSOURCE", "")), "source PSF of the kernel"),
         ("KERNFILE", Path(kernel_path).name[:68], "kernel file"),
-        ("KERN_D", float(kheader.get("KERN_D", math.nan)), "kernel accuracy D (Aniano eq. 20)"),
-        ("KERN_WM", float(kheader.get("KERN_WM", math.nan)), "kernel negative weight W- (Aniano eq. 21)"),
+        ("KERN_D", float(kheader.get("KERN_D", math.nan)), "kernel D (Aniano eq. 20)"),
+        ("KERN_WM", float(kheader.get("KERN_WM", math.nan)), "kernel W- (Aniano eq. 21)"),
         ("KSAFETY", str(kheader.get("KSAFETY", "")), "W- class of the kernel"),
         ("KERNPIX", kernel_px, "kernel side on the image grid (pixels)"),
         ("IMSCALE", image_scale, "[arcsec] image pixel scale"),
