@@ -354,7 +354,7 @@ def anchoring_references(target):
 
 
 def all_products(wildcards=None):
-    """Final products: mosaics per target and filter, and truth for simulated targets."""
+    """Final products: mosaics per target and filter, PSF-matched images, and truth for simulated targets."""
     products = []
     for target in SELECTED.index:
         for filt in filters_of(target):
@@ -363,6 +363,7 @@ def all_products(wildcards=None):
                 products.append(truth_mosaic_path(target, filt))
         if is_simulated(target):
             products.append(f"results/{target}/truth/{target}_exposures_truth.ecsv")
+        products += psf_products(target)  # PSF-matched images, kernels' tables (rules/psf.smk)
     return products
 
 
@@ -614,3 +615,95 @@ def gather_mem_mb(wildcards, input, attempt):
 def correlated_noise_mem_mb(wildcards, input, attempt):
     """Measured on a window of at most 4096 x 4096 pixels: 350 + 95 W MB (W window megapixels)."""
     return int(1.2 * (350 + 95 * 4096 * 4096 / 1e6) * attempt) + 500
+
+
+# ----------------------------------------------------------------------- PSF matching (rules/psf.smk)
+# PSFs and kernels do not depend on a target (results/psf/); matched images: results/{target}/matched/.
+def psf_config():
+    return config.get("psf", {"enabled": False})
+
+
+def resolution_tag(fwhm):
+    """0.9 -> '0p90' (file names of Gaussian resolutions)."""
+    return f"{float(fwhm):.2f}".replace(".", "p")
+
+
+def tag_resolution(tag):
+    return float(tag.replace("p", "."))
+
+
+def psf_path(filter):
+    return f"results/psf/{filter}_psf.fits"
+
+
+def psf_filters_of(target):
+    """Bands of a target that get PSF-matched products (psf.bands restricts; empty: all)."""
+    wanted = psf_config().get("bands") or None
+    return [f for f in filters_of(target) if wanted is None or f in wanted]
+
+
+def psf_bands():
+    """Every band a PSF is made for: the PSF-matched bands of the selected targets."""
+    bands = {f for t in SELECTED.index for f in psf_filters_of(t)}
+    return sorted(bands, key=lambda f: (survey_plan.instrument_of(f) == "MIRI", int(f[1:-1])))
+
+
+def broadest_band(target):
+    """The target's band of longest wavelength (broadest PSF): the band-to-band kernels' target."""
+    bands = psf_filters_of(target)
+    return max(bands, key=band_wavelength) if bands else None
+
+
+def gauss_kernel_path(filter, fwhm):
+    return f"results/psf/kernels/{filter}_to_gauss{resolution_tag(fwhm)}.fits"
+
+
+def band_kernel_path(filter, ref):
+    return f"results/psf/kernels/{filter}_to_{ref}.fits"
+
+
+def matched_gauss_path(target, filter, fwhm):
+    return f"results/{target}/matched/{target}_{filter}_gauss{resolution_tag(fwhm)}.fits"
+
+
+def matched_band_path(target, filter, ref):
+    return f"results/{target}/matched/{target}_{filter}_to_{ref}.fits"
+
+
+def noise_curve_path(target, filter, ext):
+    return f"results/{target}/matched/qa/{target}_{filter}_noise_curve.{ext}"
+
+
+def psf_products(target):
+    """PSF tables, matched images (Gaussian resolutions, broadest band) and noise curves of a target."""
+    cfg = psf_config()
+    if not cfg.get("enabled", False):
+        return []
+    bands = psf_filters_of(target)
+    if not bands:
+        return []
+    products = ["results/psf/psf_fwhm.ecsv", "results/psf/gaussian_targets.ecsv"]
+    ref = broadest_band(target)
+    for f in bands:
+        products += [matched_gauss_path(target, f, r) for r in cfg["resolutions_arcsec"]]
+        if cfg.get("band_to_band", True) and f != ref:
+            products.append(matched_band_path(target, f, ref))
+        if cfg["noise_curve"].get("enabled", True):
+            products += [noise_curve_path(target, f, "ecsv"), noise_curve_path(target, f, "png")]
+    return products
+
+
+def mosaic_megapixels(path):
+    """Pixels (1e6) of a mosaic's SCI from its header; before it exists (dry runs) a full-size MIRI guess."""
+    if os.path.exists(path):
+        from astropy.io import fits
+
+        header = fits.getheader(path, "SCI")
+        return header["NAXIS1"] * header["NAXIS2"] / 1e6
+    return 21.0
+
+
+def matched_mem_mb(wildcards, input, attempt):
+    """convolve_image.py holds float64 SCI, ERR, mask, coverage and products plus FFT blocks: 500 MB + 120 bytes
+    per pixel (tests/bench/psf.py: 2.5 GB for a 4152 x 5144 MIRI mosaic)."""
+    return int((500 + 120 * mosaic_megapixels(input.image)) * attempt)

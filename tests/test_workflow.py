@@ -26,6 +26,8 @@ def write_override(path, extra: dict) -> str:
     data.setdefault("corrections", {}).update(
         {step: {"enabled": False, "instruments": ["NIRCAM", "MIRI"]} for step in ("align_relative", "align_absolute")}
     )
+    # PSF matching (~100 jobs for both targets) runs in its own workflow test (tests/test_psf.py).
+    data["psf"] = {"enabled": False}
     for key, value in extra.items():
         data[key] = value
     path.write_text(yaml.safe_dump(data))
