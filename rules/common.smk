@@ -363,6 +363,7 @@ def all_products(wildcards=None):
                 products.append(truth_mosaic_path(target, filt))
         if is_simulated(target):
             products.append(f"results/{target}/truth/{target}_exposures_truth.ecsv")
+        products += finishing_products(target)  # release directory (rules/finishing.smk)
     return products
 
 
