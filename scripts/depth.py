@@ -57,7 +57,10 @@ def read_psf(path):
     """(normalised PSF array, arcsec per array pixel, oversampling) of a PSF FITS file."""
     from astropy.io import fits
 
-    wfutils.check_image_file(path, extensions=(), unit=None)
+    from pathlib import Path
+
+    if not Path(path).exists():
+        raise wfutils.InputError(f"{path}: PSF file does not exist")
     with fits.open(path) as hdul:
         hdu = next((h for h in hdul if h.data is not None and getattr(h.data, "ndim", 0) == 2), None)
         if hdu is None:

@@ -383,7 +383,8 @@ def read_image(path):
     from astropy.wcs import WCS
     from astropy.wcs.utils import proj_plane_pixel_scales
 
-    wfutils.check_image_file(path, extensions=(), unit=None)
+    if not Path(path).exists():
+        raise wfutils.InputError(f"{path}: file does not exist")
     with fits.open(path) as hdul:
         names = {h.name for h in hdul}
         hdu = hdul["SCI"] if "SCI" in names else hdul[0]
