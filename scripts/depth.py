@@ -55,9 +55,9 @@ DEFAULTS = {
 # --------------------------------------------------------------------------- PSF
 def read_psf(path):
     """(normalised PSF array, arcsec per array pixel, oversampling) of a PSF FITS file."""
-    from astropy.io import fits
-
     from pathlib import Path
+
+    from astropy.io import fits
 
     if not Path(path).exists():
         raise wfutils.InputError(f"{path}: PSF file does not exist")
@@ -160,8 +160,12 @@ def empty_aperture_noise(data, free, pixel_scale, pixel_sr, params, rng):
                 overlapping = True
                 independent = max(2.0, len(candidates) / (math.pi * r_px**2))
         if len(centres) < params["min_apertures"]:
-            log.info("r = %.3f\": only %d clean aperture positions (< %d); radius skipped", radius, len(centres),
-                     params["min_apertures"])
+            log.info(
+                'r = %.3f": only %d clean aperture positions (< %d); radius skipped',
+                radius,
+                len(centres),
+                params["min_apertures"],
+            )
             continue
         sums = CircularAperture(centres, r=r_px).do_photometry(data, method="exact")[0] * to_ujy
         sigma = robust_sigma(sums - np.median(sums))
@@ -323,7 +327,7 @@ def plot(path, result, band, injection=None):
     ax.plot(rr, np.polyval(result["coefficients"], rr), "r-", label="2nd-order polynomial")
     ax.plot(r, u, "b--", label=r"pixel $\sigma\sqrt{N}$ (uncorrelated)")
     ax.axvline(0.1, color="0.6", ls=":")
-    text = f"5σ depth (r=0.1\", EE={result['encircled_energy']:.3f}): {result['depth_ab']:.2f} AB"
+    text = f'5σ depth (r=0.1", EE={result["encircled_energy"]:.3f}): {result["depth_ab"]:.2f} AB'
     if injection:
         text += f"\ninjection-recovery: {injection['depth_ab']:.2f} AB"
     ax.set_title(f"{band}\n{text}", fontsize=9)
@@ -356,17 +360,26 @@ def main(argv=None):
     psf, psf_scale, oversample = read_psf(args.psf)
     result = measure_depth(np.nan_to_num(data), free, scale, pixel_sr, psf, psf_scale, params)
     log.info(
-        "%s %s: sigma(0.1\") = %.4f uJy, EE = %.3f, 5-sigma depth %.2f AB (%.1f%% of pixels source-free)",
-        args.mosaic, band, result["sigma_ref_ujy"], result["encircled_energy"], result["depth_ab"],
+        '%s %s: sigma(0.1") = %.4f uJy, EE = %.3f, 5-sigma depth %.2f AB (%.1f%% of pixels source-free)',
+        args.mosaic,
+        band,
+        result["sigma_ref_ujy"],
+        result["encircled_energy"],
+        result["depth_ab"],
         100 * result["free_fraction"],
     )
     injection = None
     if args.inject:
         flux = params["inject_snr"] * result["sigma_total_ujy"]
-        injection = inject_recover(np.nan_to_num(data), free, scale, pixel_sr, psf, psf_scale, oversample, flux,
-                                   args.inject, params)
-        log.info("injection-recovery: %d sources, recovered fraction %.3f, depth %.2f AB", injection["n_injected"],
-                 injection["recovered_fraction"], injection["depth_ab"])
+        injection = inject_recover(
+            np.nan_to_num(data), free, scale, pixel_sr, psf, psf_scale, oversample, flux, args.inject, params
+        )
+        log.info(
+            "injection-recovery: %d sources, recovered fraction %.3f, depth %.2f AB",
+            injection["n_injected"],
+            injection["recovered_fraction"],
+            injection["depth_ab"],
+        )
     write_table(args.table, result, band, args.mosaic, args.psf, params, injection)
     if args.plot:
         plot(args.plot, result, band, injection)

@@ -127,9 +127,7 @@ def to_coarse(bits: np.ndarray, m: int) -> np.ndarray:
     if m == 1:
         return bits
     ny, nx = bits.shape[0] // m, bits.shape[1] // m
-    return np.bitwise_or.reduce(
-        np.bitwise_or.reduce(bits[: ny * m, : nx * m].reshape(ny, m, nx, m), axis=3), axis=1
-    )
+    return np.bitwise_or.reduce(np.bitwise_or.reduce(bits[: ny * m, : nx * m].reshape(ny, m, nx, m), axis=3), axis=1)
 
 
 def merge_masks(masks_by_scale) -> np.ndarray:
@@ -476,8 +474,13 @@ def write_bksub(src, dst, background, bits, exposures, stats, cfg_hash, inputs):
         out = model.copy()
     sci = np.asarray(out.data, np.float32)
     valid = np.isfinite(background)
-    add_extension(out, "SCI_BKSUB", np.where(valid, sci - background, np.nan).astype(np.float32), "float32",
-                  "background-subtracted science image (MJy/sr)")
+    add_extension(
+        out,
+        "SCI_BKSUB",
+        np.where(valid, sci - background, np.nan).astype(np.float32),
+        "float32",
+        "background-subtracted science image (MJy/sr)",
+    )
     add_extension(out, "BKGD", background.astype(np.float32), "float32", "subtracted background model (MJy/sr)")
     add_extension(out, "BKGMASK", bits.astype(np.uint8), "uint8", "tiered source mask, bit k = tier k+1")
     if out.dq is None or not np.any(out.dq):
@@ -565,10 +568,17 @@ def plot_qa(path, sci, background, bksub, bits, valid, title):
 def command_tiers(args, params):
     data, valid, scale, header = read_image(args.input)
     bits, _, stats = band_tiers(data, valid, params, scale)
-    tiers = "; ".join(f"tier {t['tier']}: {t['sources']} sources, {100 * t['masked_fraction']:.1f}%" for t in stats["tiers"])
+    tiers = "; ".join(
+        f"tier {t['tier']}: {t['sources']} sources, {100 * t['masked_fraction']:.1f}%" for t in stats["tiers"]
+    )
     log.info(
-        "%s: %.3f\"/px (parameters x %.3f), ring binning %d, %.1f%% of valid pixels masked (%s)",
-        args.input, scale, stats["scale_factor"], stats["ring_binning"], 100 * stats["masked_fraction"], tiers,
+        '%s: %.3f"/px (parameters x %.3f), ring binning %d, %.1f%% of valid pixels masked (%s)',
+        args.input,
+        scale,
+        stats["scale_factor"],
+        stats["ring_binning"],
+        100 * stats["masked_fraction"],
+        tiers,
     )
     write_tiers(args.output, bits, header, scale, stats, [args.input], args.config_hash)
 
@@ -609,7 +619,11 @@ def command_subtract(args, params):
     }
     log.info(
         "%s: background median %.5f MJy/sr, RMS %.5f, box %d px, %.1f%% masked",
-        args.input, stats["background_median"], bkg_rms, p["box_px"], 100 * stats["masked_fraction"],
+        args.input,
+        stats["background_median"],
+        bkg_rms,
+        p["box_px"],
+        100 * stats["masked_fraction"],
     )
     inputs = [args.input, args.mask, *args.hdrtab]
     write_bksub(args.input, args.output, background, bits, args.hdrtab, stats, args.config_hash, inputs)

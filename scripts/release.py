@@ -40,8 +40,20 @@ log = logging.getLogger("release")
 
 RELEASE_EXTENSIONS = ("SCI", "ERR", "DQ", "CON", "WHT", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT")
 BACKGROUND_EXTENSIONS = ("SCI_BKSUB", "BKGD", "BKGMASK", "HDRTAB")
-PACKAGES = ("jwst", "stdatamodels", "stcal", "photutils", "astropy", "numpy", "scipy", "drizzle", "reproject",
-            "snakemake", "gwcs", "tweakwcs")
+PACKAGES = (
+    "jwst",
+    "stdatamodels",
+    "stcal",
+    "photutils",
+    "astropy",
+    "numpy",
+    "scipy",
+    "drizzle",
+    "reproject",
+    "snakemake",
+    "gwcs",
+    "tweakwcs",
+)
 
 
 def sha256(path, chunk=1 << 22) -> str:
@@ -112,7 +124,7 @@ def depth_summary(qa_files) -> list[str]:
         extra = f", injection-recovery {inj['depth_ab']:.2f}" if inj else ""
         lines.append(f"| {meta.get('band', '?')} | {meta['depth_ab']:.2f} | {meta['encircled_energy']:.3f}{extra} |")
     if lines:
-        lines = ["| band | 5-sigma depth (AB, r=0.1\" EE-corrected) | EE(0.1\") |", "| --- | --- | --- |", *lines]
+        lines = ['| band | 5-sigma depth (AB, r=0.1" EE-corrected) | EE(0.1") |', "| --- | --- | --- |", *lines]
     return lines
 
 
@@ -144,8 +156,14 @@ def readme_text(target, config, cfg_hash, mosaics, exposures, files, qa_files) -
     depths = depth_summary(qa_files)
     if depths:
         lines += ["", "## Depths", "", *depths]
-    lines += ["", "## Exposures", "", f"`{target}_exposures_cal.tar.gz`: {len(exposures)} per-exposure corrected",
-              "files (all corrections, absolute astrometry in their WCS):", ""]
+    lines += [
+        "",
+        "## Exposures",
+        "",
+        f"`{target}_exposures_cal.tar.gz`: {len(exposures)} per-exposure corrected",
+        "files (all corrections, absolute astrometry in their WCS):",
+        "",
+    ]
     lines += [f"- {n}" for n in sorted(Path(p).name for p in exposures)]
     lines += ["", "## Files", "", "| file | bytes | sha256 |", "| --- | --- | --- |"]
     for rel, size, digest in files:
@@ -207,8 +225,14 @@ def main(argv=None):
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
-    log.info("release of %s in %s: %d mosaics, %d exposures, %d QA files", args.target, out, len(mosaics),
-             len(args.exposures), len(args.qa))
+    log.info(
+        "release of %s in %s: %d mosaics, %d exposures, %d QA files",
+        args.target,
+        out,
+        len(mosaics),
+        len(args.exposures),
+        len(args.qa),
+    )
 
 
 if __name__ == "__main__":

@@ -87,7 +87,10 @@ def main(argv=None):
         header[f"GSIGMA{i}"] = (sigma, "[arcsec] Gaussian component sigma")
     wfutils.write_hdulist(
         fits.HDUList([fits.PrimaryHDU(psf.astype(np.float32), header)]),
-        args.out, [], args.config_hash, "simulator_psf",
+        args.out,
+        [],
+        args.config_hash,
+        "simulator_psf",
     )
 
 

@@ -20,10 +20,20 @@ PSF_CFG = {"min_fwhm_arcsec": 0.03, "wing_fraction": 0.15, "wing_width": 3.0}
 REALISTIC_DEEP = {
     "disk": {"scale_fraction": 0.3},
     "sources": {
-        "star": {"density_per_arcmin2": 10, "flux_2um_ujy": [0.5, 2000.0], "flux_slope": 0.5, "alpha": [-2.0, 0.1],
-                 "size_arcsec": [0.0, 0.0]},
-        "galaxy": {"density_per_arcmin2": 600, "flux_2um_ujy": [0.01, 300.0], "flux_slope": 0.65, "alpha": [0.3, 0.5],
-                   "size_arcsec": [0.03, 0.4]},
+        "star": {
+            "density_per_arcmin2": 10,
+            "flux_2um_ujy": [0.5, 2000.0],
+            "flux_slope": 0.5,
+            "alpha": [-2.0, 0.1],
+            "size_arcsec": [0.0, 0.0],
+        },
+        "galaxy": {
+            "density_per_arcmin2": 600,
+            "flux_2um_ujy": [0.01, 300.0],
+            "flux_slope": 0.65,
+            "alpha": [0.3, 0.5],
+            "size_arcsec": [0.03, 0.4],
+        },
     },
 }
 
@@ -36,8 +46,16 @@ def injected_background(shape, gradient=0.010, wisp=0.010, pedestal=0.002) -> np
     return (pedestal + plane + wisp * sim.wisp_template(shape, "NRCA3")).astype(np.float32)
 
 
-def make_deep_mosaic(shape=(1024, 1024), pixel_scale=0.03, band="F200W", seed=1, noise=0.0025,
-                     population=REALISTIC_DEEP, gap=True, extra_sources=None):
+def make_deep_mosaic(
+    shape=(1024, 1024),
+    pixel_scale=0.03,
+    band="F200W",
+    seed=1,
+    noise=0.0025,
+    population=REALISTIC_DEEP,
+    gap=True,
+    extra_sources=None,
+):
     """Dict with sci (sky + noise, no background), truth (noiseless sky), err, valid, sources, psf."""
     rng = np.random.default_rng(seed)
     ny, nx = shape
@@ -47,8 +65,13 @@ def make_deep_mosaic(shape=(1024, 1024), pixel_scale=0.03, band="F200W", seed=1,
     y = ny / 2 + sources["eta"] / pixel_scale
     inside = (x > -20) & (x < nx + 20) & (y > -20) & (y < ny + 20)
     flux = sim.source_flux_ujy({**sources, "pah": np.zeros_like(sources["xi"])}, band)
-    table = {"x": x[inside], "y": y[inside], "flux_ujy": flux[inside], "sigma_arcsec": sources["sigma"][inside],
-             "kind": sources["kind"][inside]}
+    table = {
+        "x": x[inside],
+        "y": y[inside],
+        "flux_ujy": flux[inside],
+        "sigma_arcsec": sources["sigma"][inside],
+        "kind": sources["kind"][inside],
+    }
     if extra_sources:
         for key in table:
             table[key] = np.concatenate([table[key], np.asarray(extra_sources[key])])
@@ -64,8 +87,16 @@ def make_deep_mosaic(shape=(1024, 1024), pixel_scale=0.03, band="F200W", seed=1,
         valid[: int(0.05 * ny), : int(0.2 * nx)] = False  # a corner off the footprint
     sci = np.where(valid, truth + correlated, np.nan).astype(np.float32)
     err = np.where(valid, noise, np.nan).astype(np.float32)
-    return {"sci": sci, "truth": truth.astype(np.float32), "err": err, "valid": valid, "sources": table,
-            "psf": psf, "pixel_scale": pixel_scale, "noise": noise}
+    return {
+        "sci": sci,
+        "truth": truth.astype(np.float32),
+        "err": err,
+        "valid": valid,
+        "sources": table,
+        "psf": psf,
+        "pixel_scale": pixel_scale,
+        "noise": noise,
+    }
 
 
 def write_mosaic(path, sci, err, valid, pixel_scale, band="F200W"):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+import deep_mosaic
 import numpy as np
 import pytest
 
-import deep_mosaic
 import depth
 import mosaic_background as mb
 import simulate_survey
@@ -21,7 +21,9 @@ def test_encircled_energy_of_a_gaussian():
     sigma = 0.05
     psf = simulator_psf.render_psf([(1.0, sigma)], SCALE, 4, 3.0)
     for r in (0.05, 0.1, 0.2):
-        assert depth.encircled_energy(psf, SCALE / 4, r) == pytest.approx(1 - np.exp(-0.5 * (r / sigma) ** 2), abs=0.003)
+        assert depth.encircled_energy(psf, SCALE / 4, r) == pytest.approx(
+            1 - np.exp(-0.5 * (r / sigma) ** 2), abs=0.003
+        )
 
 
 def test_psf_on_the_mosaic_grid_keeps_flux_and_centre():
@@ -63,8 +65,17 @@ def test_predicted_depth_matches_injection_recovery_within_0p1_mag(field):
     fraction = np.median(measured) / flux
     scatter = depth.robust_sigma(measured - np.median(measured))
     recovered = depth.depth_mag(scatter / fraction, 5.0)
-    print(json.dumps({"predicted_ab": predicted["depth_ab"], "injection_ab": recovered, "n_injected": int(x.size),
-                      "ee_model": predicted["encircled_energy"], "recovered_fraction": float(fraction)}))
+    print(
+        json.dumps(
+            {
+                "predicted_ab": predicted["depth_ab"],
+                "injection_ab": recovered,
+                "n_injected": int(x.size),
+                "ee_model": predicted["encircled_energy"],
+                "recovered_fraction": float(fraction),
+            }
+        )
+    )
     assert len(centres) >= 200
     assert abs(predicted["depth_ab"] - recovered) <= 0.1
     assert predicted["encircled_energy"] == pytest.approx(fraction, abs=0.02)
@@ -83,11 +94,34 @@ def test_command_line_writes_table_and_plot(field, tmp_path):
         hdul.append(fits.ImageHDU(m["bksub"].astype(np.float32), hdul["SCI"].header, name="SCI_BKSUB"))
         hdul.append(fits.ImageHDU((~m["free"] & m["valid"]).astype(np.uint8), name="BKGMASK"))
     psf_path = tmp_path / "F200W_psf.fits"
-    simulator_psf.main(["--filter", "F200W", "--sim", json.dumps({"psf": deep_mosaic.PSF_CFG}), "--pixel-scale",
-                        str(SCALE), "--pixel-boxes", str(SCALE), "--out", str(psf_path)])
+    simulator_psf.main(
+        [
+            "--filter",
+            "F200W",
+            "--sim",
+            json.dumps({"psf": deep_mosaic.PSF_CFG}),
+            "--pixel-scale",
+            str(SCALE),
+            "--pixel-boxes",
+            str(SCALE),
+            "--out",
+            str(psf_path),
+        ]
+    )
     assert fits.getheader(psf_path)["OVERSAMP"] == 4
-    depth.main([str(path), "--psf", str(psf_path), "--table", str(tmp_path / "d.ecsv"), "--plot",
-                str(tmp_path / "d.png"), "--inject", "200"])
+    depth.main(
+        [
+            str(path),
+            "--psf",
+            str(psf_path),
+            "--table",
+            str(tmp_path / "d.ecsv"),
+            "--plot",
+            str(tmp_path / "d.png"),
+            "--inject",
+            "200",
+        ]
+    )
     table = Table.read(tmp_path / "d.ecsv", format="ascii.ecsv")
     assert table["radius_arcsec"].min() == pytest.approx(0.05) and table["radius_arcsec"].max() == pytest.approx(1.5)
     meta = table.meta

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+import deep_mosaic
 import numpy as np
 import pytest
 
-import deep_mosaic
 import mosaic_background as mb
 import wfutils
 
@@ -90,9 +90,17 @@ def test_injected_background_is_removed_to_five_percent(subtracted):
             if sel.sum() > 0.3 * sel.size:
                 blocks.append(residual[y : y + 64, x : x + 64][sel].mean())
     block_max = float(np.max(np.abs(blocks))) / amplitude
-    print(json.dumps({"amplitude_mjysr": amplitude, "free_fraction": float(free.sum() / valid.sum()),
-                      "rms_over_amplitude": rms, "block64_max_over_amplitude": block_max,
-                      "p99_over_amplitude": float(np.percentile(np.abs(residual[free]), 99)) / amplitude}))
+    print(
+        json.dumps(
+            {
+                "amplitude_mjysr": amplitude,
+                "free_fraction": float(free.sum() / valid.sum()),
+                "rms_over_amplitude": rms,
+                "block64_max_over_amplitude": block_max,
+                "p99_over_amplitude": float(np.percentile(np.abs(residual[free]), 99)) / amplitude,
+            }
+        )
+    )
     assert free.sum() > 0.4 * valid.sum()
     assert rms <= 0.05
     assert block_max <= 0.05
@@ -116,18 +124,31 @@ def test_galaxy_fluxes_in_2arcsec_apertures_change_by_less_than_2_percent(subtra
     # isolated: no other source brighter than a third of the galaxy within 3" (the method also lowers
     # the sky next to bright neighbours, whose masks and wings it shares)
     src = s["sources"]
-    isolated = np.array([
-        not np.any((np.hypot(src["x"] - x, src["y"] - y) < 3.0 / SCALE) & (np.hypot(src["x"] - x, src["y"] - y) > 0.5)
-                   & (src["flux_ujy"] > f / 3))
-        for x, y, f in zip(gal["x"], gal["y"], gal["flux_ujy"], strict=True)
-    ])
+    isolated = np.array(
+        [
+            not np.any(
+                (np.hypot(src["x"] - x, src["y"] - y) < 3.0 / SCALE)
+                & (np.hypot(src["x"] - x, src["y"] - y) > 0.5)
+                & (src["flux_ujy"] > f / 3)
+            )
+            for x, y, f in zip(gal["x"], gal["y"], gal["flux_ujy"], strict=True)
+        ]
+    )
     bright = (gal["kind"] == "bright") & isolated
     big = gal["kind"] == "big"
     big_5 = aperture_fluxes(s["bksub"] - s["sci"], gal["x"][big], gal["y"][big], 2.5 / SCALE)
     big_5 /= aperture_fluxes(s["truth"], gal["x"][big], gal["y"][big], 2.5 / SCALE)
-    print(json.dumps({"bright_changes": [round(float(c), 4) for c in change[bright]], "isolated": isolated.tolist(),
-                      "all_changes": [round(float(c), 4) for c in change],
-                      "largest_change_2arcsec": float(change[big][0]), "largest_change_5arcsec": float(big_5[0])}))
+    print(
+        json.dumps(
+            {
+                "bright_changes": [round(float(c), 4) for c in change[bright]],
+                "isolated": isolated.tolist(),
+                "all_changes": [round(float(c), 4) for c in change],
+                "largest_change_2arcsec": float(change[big][0]),
+                "largest_change_5arcsec": float(big_5[0]),
+            }
+        )
+    )
     assert bright.sum() >= 6
     assert np.all(np.abs(change[bright]) <= 0.02)
     # the largest galaxy (sigma 1", 200 uJy) loses wing flux on purpose; a Gaussian profile has little to lose
@@ -157,11 +178,24 @@ def cli_products(tmp_path_factory):
         data = m["sci"] + deep_mosaic.injected_background(m["sci"].shape)
         paths[band] = str(deep_mosaic.write_mosaic(tmp / f"T_{band}_i2d.fits", data, m["err"], m["valid"], scale, band))
         mb.main(["tiers", paths[band], str(tmp / f"T_{band}_tiers.fits")])
-    mb.main(["merge", str(tmp / "T_F200W_tiers.fits"), str(tmp / "T_F444W_tiers.fits"), "--out", str(tmp / "mask.fits")])
+    mb.main(
+        ["merge", str(tmp / "T_F200W_tiers.fits"), str(tmp / "T_F444W_tiers.fits"), "--out", str(tmp / "mask.fits")]
+    )
     exposures = [write_exposure(tmp / f"e{i}_cal.fits", "F444W") for i in range(3)]
     out = tmp / "out_F444W_i2d.fits"
-    mb.main(["subtract", paths["F444W"], str(out), "--mask", str(tmp / "mask.fits"), "--qa-png", str(tmp / "qa.png"),
-             "--hdrtab", *exposures])
+    mb.main(
+        [
+            "subtract",
+            paths["F444W"],
+            str(out),
+            "--mask",
+            str(tmp / "mask.fits"),
+            "--qa-png",
+            str(tmp / "qa.png"),
+            "--hdrtab",
+            *exposures,
+        ]
+    )
     return {"tmp": tmp, "out": out, "paths": paths}
 
 
@@ -172,8 +206,20 @@ def test_subtract_writes_the_ceers_layout(cli_products):
     out = cli_products["out"]
     with fits.open(out) as hdul:
         names = [h.name for h in hdul]
-        for ext in ("SCI_BKSUB", "SCI", "ERR", "DQ", "CON", "WHT", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT", "BKGD",
-                    "BKGMASK", "HDRTAB"):
+        for ext in (
+            "SCI_BKSUB",
+            "SCI",
+            "ERR",
+            "DQ",
+            "CON",
+            "WHT",
+            "VAR_POISSON",
+            "VAR_RNOISE",
+            "VAR_FLAT",
+            "BKGD",
+            "BKGMASK",
+            "HDRTAB",
+        ):
             assert ext in names
         sci, bksub, bkgd = (np.asarray(hdul[e].data, float) for e in ("SCI", "SCI_BKSUB", "BKGD"))
         good = np.isfinite(bksub)

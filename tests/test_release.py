@@ -5,15 +5,28 @@ from __future__ import annotations
 import json
 import tarfile
 
+import deep_mosaic
 import numpy as np
 import pytest
 
-import deep_mosaic
 import mosaic_background as mb
 import release
 
-DEEP_EXTENSIONS = ("SCI_BKSUB", "SCI", "ERR", "DQ", "CON", "WHT", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT", "BKGD",
-                   "BKGMASK", "HDRTAB", "ASDF")
+DEEP_EXTENSIONS = (
+    "SCI_BKSUB",
+    "SCI",
+    "ERR",
+    "DQ",
+    "CON",
+    "WHT",
+    "VAR_POISSON",
+    "VAR_RNOISE",
+    "VAR_FLAT",
+    "BKGD",
+    "BKGMASK",
+    "HDRTAB",
+    "ASDF",
+)
 GALAXY_EXTENSIONS = ("SCI", "ERR", "DQ", "CON", "WHT", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT", "ASDF")
 PROVENANCE = ("WFVERS", "WFCFGHSH", "WFSTEP", "WFNINPUT", "WFIN0001")
 BACKGROUND_KEYS = ("BKGSUB", "BKGMETH", "BKGMASKF", "BKGMED", "BKGRMS", "BKGBOX", "BKGSCALE")
@@ -40,12 +53,41 @@ def release_dir(tmp_path_factory):
     mb.main(["tiers", deep, str(tmp / "tiers.fits")])
     mb.main(["merge", str(tmp / "tiers.fits"), "--out", str(tmp / "mask.fits")])
     bksub = tmp / "bk" / "D_F200W_i2d.fits"
-    mb.main(["--config-hash", "abc123", "subtract", deep, str(bksub), "--mask", str(tmp / "mask.fits"), "--qa-png", str(tmp / "qa.png"),
-             "--hdrtab", *exposures])
+    mb.main(
+        [
+            "--config-hash",
+            "abc123",
+            "subtract",
+            deep,
+            str(bksub),
+            "--mask",
+            str(tmp / "mask.fits"),
+            "--qa-png",
+            str(tmp / "qa.png"),
+            "--hdrtab",
+            *exposures,
+        ]
+    )
     out = tmp / "out"
-    release.main(["--target", "D", "--out-dir", str(out), "--config-json", json.dumps({"crds": {"context": "x.pmap"}}),
-                  "--config-hash", "abc123", "--mosaics", str(bksub), galaxy, "--exposures", *exposures,
-                  "--qa", str(tmp / "qa.png")])
+    release.main(
+        [
+            "--target",
+            "D",
+            "--out-dir",
+            str(out),
+            "--config-json",
+            json.dumps({"crds": {"context": "x.pmap"}}),
+            "--config-hash",
+            "abc123",
+            "--mosaics",
+            str(bksub),
+            galaxy,
+            "--exposures",
+            *exposures,
+            "--qa",
+            str(tmp / "qa.png"),
+        ]
+    )
     return out, exposures
 
 
@@ -54,7 +96,10 @@ def test_every_release_mosaic_opens_in_jwst_datamodels_with_all_extensions_and_k
     from jwst import datamodels
 
     out, _ = release_dir
-    for name, expected, deep in (("D_F200W_i2d.fits", DEEP_EXTENSIONS, True), ("G_F200W_in.fits", GALAXY_EXTENSIONS, False)):
+    for name, expected, deep in (
+        ("D_F200W_i2d.fits", DEEP_EXTENSIONS, True),
+        ("G_F200W_in.fits", GALAXY_EXTENSIONS, False),
+    ):
         path = out / "mosaics" / name
         with fits.open(path) as hdul:
             names = [h.name for h in hdul[1:]]
