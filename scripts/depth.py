@@ -269,7 +269,8 @@ def read_mosaic(path, sci_ext: str):
             log.warning("%s: no %s extension; using SCI", path, sci_ext)
         data = np.asarray(hdul[ext].data, np.float32)
         valid = np.isfinite(data) & (np.asarray(hdul["WHT"].data) > 0)
-        free = valid & (np.asarray(hdul["BKGMASK"].data) == 0)
+        used = int(hdul[0].header.get("BKGTIERU", 255))  # tiers the background fit left out count as sky
+        free = valid & ((np.asarray(hdul["BKGMASK"].data) & used) == 0)
         header = hdul["SCI"].header
         band = str(hdul[0].header.get("FILTER", header.get("FILTER", "")))
         with warnings.catch_warnings():
