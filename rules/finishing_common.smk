@@ -135,9 +135,9 @@ def finishing_products(target):
 
 
 def finishing_mem_mb(wildcards, input, attempt):
-    """Memory of a per-band finishing job from the size of its first input (the mosaic; an i2d file
-    holds ~28 bytes per pixel): 6x that plus 1 GB, at least 2 GB (tests/bench/mosaic_background.py);
-    a 30000-pixel-square guess while the mosaic does not exist yet (dry runs)."""
+    """Memory of a per-band finishing job from the size of its first input (the mosaic, ~28 bytes per
+    pixel): tests/bench/mosaic_background.py measured 2.0x (tiers) and 3.4x (subtract) the file size at
+    peak for a 50-megapixel mosaic; 4x plus 1 GB, at least 2 GB, a 30000-pixel-square guess in dry runs."""
     first = input[0]
     size_mb = os.path.getsize(first) / 1e6 if os.path.exists(first) else 28 * 30000**2 / 1e6
-    return int(max(2000, 6 * size_mb + 1000) * attempt)
+    return int(max(2000, 4 * size_mb + 1000) * attempt)

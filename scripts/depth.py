@@ -5,8 +5,9 @@ positive weight; an aperture is used only if every pixel it touches is source-fr
 jittered grid so that apertures of one radius do not overlap. The robust 1-sigma of the
 aperture sums (biweight scale) is the noise at each radius; a second-order polynomial of
 noise vs radius is fitted (Papovich et al. 2016; Finkelstein et al. 2022) and evaluated at
-r = 0.1"; dividing by the encircled energy of the band's PSF within 0.1" gives the noise of
-a point source's total flux, and 5x that is the depth in AB magnitudes. The table also
+r = 0.1"; dividing by the encircled energy of the band's PSF within 0.1" (as an aperture on
+the mosaic's pixels measures it: the PSF integrated over pixels, averaged over sub-pixel
+positions) gives the noise of a point source's total flux, and 5x that is the depth in AB magnitudes. The table also
 carries the pixel noise times sqrt(N pixels) -- the noise uncorrelated pixels would give --
 and the plot shows both (the gap between them is the drizzle's pixel correlation).
 
@@ -83,6 +84,24 @@ def encircled_energy(psf: np.ndarray, psf_scale: float, radius_arcsec: float) ->
     ny, nx = psf.shape
     ap = CircularAperture(((nx - 1) / 2, (ny - 1) / 2), r=radius_arcsec / psf_scale)
     return float(ap.do_photometry(psf, method="exact")[0][0] / psf.sum())
+
+
+def pixelized_encircled_energy(psf, psf_scale, pixel_scale, radius_arcsec, oversample=4) -> float:
+    """Fraction of a point source's flux an aperture of ``radius_arcsec`` measures on the mosaic's pixels:
+    the PSF integrated over mosaic pixels, measured with exact-overlap apertures (uniform pixels), averaged
+    over sub-pixel positions. For apertures of a few pixels this is below the continuous EE (the flux of
+    a partly covered pixel sits towards the centre); it is what the empty apertures' noise is divided by."""
+    from photutils.aperture import CircularAperture
+
+    k = max(1, int(round(pixel_scale / psf_scale)))
+    offsets = (np.arange(k) + 0.5) / k - 0.5
+    fractions = []
+    for fy in offsets:
+        for fx in offsets:
+            stamp, half, (ux, uy) = psf_on_grid(psf, psf_scale, oversample, pixel_scale, fx, fy)
+            ap = CircularAperture((half + ux, half + uy), r=radius_arcsec / pixel_scale)
+            fractions.append(ap.do_photometry(stamp, method="exact")[0][0])
+    return float(np.mean(fractions))
 
 
 def psf_on_grid(psf, psf_scale, oversample, pixel_scale, frac_x, frac_y):
@@ -202,7 +221,7 @@ def measure_depth(data, free, pixel_scale, pixel_sr, psf, psf_scale, params) -> 
     rng = np.random.default_rng(int(params["seed"]))
     rows, pixel_sigma = empty_aperture_noise(data, free, pixel_scale, pixel_sr, params, rng)
     coeffs, sigma_ref = fit_noise(rows, int(params["polynomial_degree"]), params["reference_radius_arcsec"])
-    ee = encircled_energy(psf, psf_scale, params["reference_radius_arcsec"])
+    ee = pixelized_encircled_energy(psf, psf_scale, pixel_scale, params["reference_radius_arcsec"])
     sigma_total = sigma_ref / ee
     return {
         "rows": rows,
@@ -210,6 +229,7 @@ def measure_depth(data, free, pixel_scale, pixel_sr, psf, psf_scale, params) -> 
         "coefficients": [float(c) for c in coeffs],
         "sigma_ref_ujy": sigma_ref,
         "encircled_energy": ee,
+        "encircled_energy_continuous": encircled_energy(psf, psf_scale, params["reference_radius_arcsec"]),
         "sigma_total_ujy": sigma_total,
         "depth_ab": depth_mag(sigma_total, params["nsigma"]),
         "free_fraction": float(free.mean()),
@@ -296,6 +316,7 @@ def write_table(path, result, band, mosaic, psf_path, params, injection=None):
         "polynomial": result["coefficients"],
         "sigma_ref_ujy": result["sigma_ref_ujy"],
         "encircled_energy": result["encircled_energy"],
+        "encircled_energy_continuous": result["encircled_energy_continuous"],
         "sigma_total_ujy": result["sigma_total_ujy"],
         "nsigma": params["nsigma"],
         "depth_ab": result["depth_ab"],
