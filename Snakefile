@@ -17,6 +17,8 @@ include: "rules/astrometry.smk"
 include: "rules/tile.smk"
 include: "rules/mosaic.smk"
 include: "rules/psf.smk"
+include: "rules/finishing_common.smk"
+include: "rules/finishing.smk"
 
 
 rule all:

@@ -364,6 +364,7 @@ def all_products(wildcards=None):
         if is_simulated(target):
             products.append(f"results/{target}/truth/{target}_exposures_truth.ecsv")
         products += psf_products(target)  # PSF-matched images, kernels' tables (rules/psf.smk)
+        products += finishing_products(target)  # release directory (rules/finishing.smk)
     return products
 
 
