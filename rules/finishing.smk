@@ -79,8 +79,8 @@ rule mosaic_background:
 # ----------------------------------------------------------------------- depths
 
 
-# The simulator's PSF per band, in the PSF-model file format (until rules/psf.smk's models are
-# wired in through finishing.depth.psf).
+# The simulator's PSF per band, in the PSF-model file format: the PSF of the synthetic mosaics
+# (real data use rules/psf.smk's models; finishing.depth.psf).
 rule simulator_psf:
     output:
         "results/psf_sim/{filter}_psf.fits",
@@ -103,7 +103,7 @@ rule simulator_psf:
 rule depth:
     input:
         mosaic="results/{target}/background/{target}_{filter}_i2d.fits",
-        psf=lambda w: depth_psf(w.filter),
+        psf=lambda w: depth_psf(w.target, w.filter),
     output:
         table="results/{target}/depth/{target}_{filter}_depth.ecsv",
         plot="results/{target}/depth/{target}_{filter}_depth.png",

@@ -58,9 +58,16 @@ def depth_applies(target):
     return background_applies(target) and bool(finishing_config("depth").get("enabled", False))
 
 
-def depth_psf(filter):
-    """PSF model of a band for the depth's encircled energy (config `finishing.depth.psf`)."""
-    return finishing_config("depth").get("psf", "results/psf_sim/{filter}_psf.fits").format(filter=filter)
+def depth_psf(target, filter):
+    """PSF of a band for the depth's encircled energy (config `finishing.depth.psf`).
+
+    `auto`: a simulated target's mosaics carry the simulator's PSF (results/psf_sim/), real data
+    the band's PSF model (rules/psf.smk, results/psf/); any other value is a {filter} pattern.
+    """
+    pattern = finishing_config("depth").get("psf", "auto")
+    if pattern == "auto":
+        pattern = "results/psf_sim/{filter}_psf.fits" if is_simulated(target) else "results/psf/{filter}_psf.fits"
+    return pattern.format(filter=filter)
 
 
 def depth_table_path(target, filter):
