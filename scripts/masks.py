@@ -333,3 +333,26 @@ def gaussian_pedestal(values: np.ndarray, nbins: int = 200) -> float:
         return med
     mu = float(popt[1])
     return mu if abs(mu - med) < 5 * std else med
+
+
+def row_segment_medians(image: np.ndarray, exclude: np.ndarray, n_segments: int = 4, min_fraction: float = 0.25):
+    """Median of each row within each of ``n_segments`` column blocks (NIRCam amplifiers), as an image.
+
+    NaNs and ``exclude``d pixels are ignored; a segment with less than ``min_fraction`` of its
+    pixels left takes the median of its whole row (0 if nothing is left). The model of 1/f row
+    stripes that the per-exposure artefact fits subtract before they measure.
+    """
+    import warnings
+
+    ny, nx = image.shape
+    n_segments = n_segments if n_segments > 0 and nx % n_segments == 0 else 1
+    work = np.where(exclude, np.nan, image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        seg = work.reshape(ny, n_segments, nx // n_segments)
+        medians = np.nanmedian(seg, axis=2)
+        counts = np.isfinite(seg).sum(axis=2)
+        full = np.nanmedian(work, axis=1)
+    medians = np.where(counts >= min_fraction * seg.shape[2], medians, full[:, None])
+    medians = np.where(np.isfinite(medians), medians, 0.0)
+    return np.repeat(medians, nx // n_segments, axis=1)
