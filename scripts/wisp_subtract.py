@@ -12,7 +12,7 @@ template:
 3. the scale ``a`` minimising sigma_MAD^2(image - a * smoothed template) over the unmasked
    pixels (after removing the per-amplifier row and the column medians of each trial residual:
    the 1/f stripes are still there, the wisp step runs before destriping; ``row_medians``)
-   pixels is found on a grid over ``scale_range`` and refined by a parabola through the grid
+   is found on a grid over ``scale_range`` and refined by a parabola through the grid
    minimum and its neighbours;
 4. ``a`` times the UNSMOOTHED template is subtracted from the unmasked, original image.
 
