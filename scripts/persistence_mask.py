@@ -64,7 +64,7 @@ DEFAULTS = {
     "min_partner_shift_px": 4.0,  # partners must point elsewhere (source residuals then do not coincide)
     "wcs_grid_step_px": 16,
     "snowball_min_jump_px": 20,  # JUMP_DET clusters this large are snowballs ...
-    "snowball_wing_factor": 3.0,  # ... whose wings reach this x their radius: no seeds there  # pixel-to-pixel maps between dithers are evaluated on this grid
+    "snowball_wing_factor": 3.0,  # ... whose wings reach this x their radius: no seeds there
 }
 
 
@@ -96,7 +96,10 @@ def saturation_history_mask(start_s: float, history, params: dict, shape) -> np.
         age = start_s - end_s
         if age < 0 or age > params["window_s"]:
             continue
-        if expected_amplitude(params["saturation_amplitude_mjysr"], age, params["decay_s"]) >= params["min_amplitude_mjysr"]:
+        if (
+            expected_amplitude(params["saturation_amplitude_mjysr"], age, params["decay_s"])
+            >= params["min_amplitude_mjysr"]
+        ):
             flags |= saturated
     return grow(flags, int(params["saturation_grow_px"]))
 
@@ -390,7 +393,8 @@ def main(argv=None):
         wfutils.save_model(model, args.output, inputs, args.config_hash, "persistence_mask", cards)
     log.info(
         "%s (%s): %d pixels flagged as persistence (%d saturated in %d earlier exposures, %d fixed pattern)",
-        target.name, target.detector, flags.sum(), result["saturation"].sum(), result["n_history"], result["fixed"].sum(),
+        target.name, target.detector, flags.sum(), result["saturation"].sum(), result["n_history"],
+        result["fixed"].sum(),
     )  # fmt: skip
     if args.qa_png:
         qa_png(result, f"{target.name}: {int(flags.sum())} persistence pixels", args.qa_png)

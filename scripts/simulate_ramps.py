@@ -132,7 +132,9 @@ def ramp_model(ramp: dict, detector: str = "NRCA1"):
     from stdatamodels.jwst import datamodels
 
     p = ramp["params"]
-    model = datamodels.RampModel(data=ramp["data"].copy(), groupdq=ramp["groupdq"].copy())  # ramp fitting edits in place
+    model = datamodels.RampModel(
+        data=ramp["data"].copy(), groupdq=ramp["groupdq"].copy()
+    )  # ramp fitting edits in place
     model.pixeldq = np.zeros(ramp["data"].shape[2:], np.uint32)
     model.meta.instrument.name = "NIRCAM"
     model.meta.instrument.detector = detector
@@ -170,8 +172,10 @@ def write_ramp(ramp: dict, out_dir, stem: str, detector: str = "NRCA1", cfg_hash
             fits.ImageHDU(ramp["rate"], name="RATE"),
             fits.ImageHDU(ramp["snowball_dn"], name="SNOWBALL"),
             fits.BinTableHDU.from_columns(
-                [fits.Column(name=n, format="D", array=events[:, i]) for i, n in
-                 enumerate(("x", "y", "core_radius", "core_dn", "halo_dn", "group"))],  # fmt: skip
+                [
+                    fits.Column(name=n, format="D", array=events[:, i])
+                    for i, n in enumerate(("x", "y", "core_radius", "core_dn", "halo_dn", "group"))
+                ],  # fmt: skip
                 name="EVENTS",
             ),
         ]

@@ -106,7 +106,15 @@ def fit_rate(model, gain: np.ndarray, readnoise: np.ndarray, algorithm: str = "O
 
     # copies: ramp_fit rescales the read-noise array in place
     image_info, _, _ = ramp_fit.ramp_fit(
-        model, False, np.array(readnoise, np.float32), np.array(gain, np.float32), algorithm, "optimal", "none", dqflags.pixel, suppress_one_group=False
+        model,
+        False,
+        np.array(readnoise, np.float32),
+        np.array(gain, np.float32),
+        algorithm,
+        "optimal",
+        "none",
+        dqflags.pixel,
+        suppress_one_group=False,
     )
     return image_info
 
@@ -194,7 +202,9 @@ def main(argv=None):
         ("SNOWNUM", report["snowballs"], "snowballs found (per group plane)"),
         ("SNOWNPIX", report["flagged_pixels"], "pixels flagged as snowball jumps"),
     ]
-    wfutils.save_model(out, args.output, [args.input, args.gain, args.readnoise], args.config_hash, "snowball_flag", cards)
+    wfutils.save_model(
+        out, args.output, [args.input, args.gain, args.readnoise], args.config_hash, "snowball_flag", cards
+    )
     log.info("%s: %d snowballs, %d pixels flagged as jumps, ramps refitted (%s)", Path(args.input).name,
              report["snowballs"], report["flagged_pixels"], params["algorithm"])  # fmt: skip
 

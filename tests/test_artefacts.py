@@ -54,7 +54,9 @@ def test_snowball_cli_writes_rate(tmp_path):
     ramp = simulate_ramps.blank_sky_ramp((64, 64), 5, {"snowballs_per_fullframe_900s": 3000.0})
     paths = simulate_ramps.write_ramp(ramp, tmp_path, "jw09999001001_02101_00001_nrca1")
     out = tmp_path / "rate.fits"
-    snowball_flag.main([str(paths["ramp"]), str(out), "--gain", str(paths["gain"]), "--readnoise", str(paths["readnoise"])])
+    snowball_flag.main(
+        [str(paths["ramp"]), str(out), "--gain", str(paths["gain"]), "--readnoise", str(paths["readnoise"])]
+    )
     from astropy.io import fits
 
     with fits.open(out) as hdul:
@@ -78,8 +80,9 @@ def test_wisp_scale_recovered_on_noise_with_stripes():
 
 
 def test_wisp_refuses_wrong_template_shape(tmp_path):
-    import wisp_subtract
     from astropy.io import fits
+
+    import wisp_subtract
 
     path = tmp_path / "t.fits"
     fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((10, 10), np.float32), name="SCI")]).writeto(path)
