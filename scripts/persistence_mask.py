@@ -147,27 +147,10 @@ def snowball_wings(dq: np.ndarray, params: dict) -> np.ndarray:
     Snowball wings are left unflagged by the jump step (CEERS Sect. 3.1.1) and, at random places
     in each exposure, would otherwise pair up into false fixed patterns.
     """
-    from scipy import ndimage
     from stdatamodels.jwst.datamodels import dqflags
 
     jumps = (dq & dqflags.pixel["JUMP_DET"]) > 0
-    labels, n = ndimage.label(jumps)
-    wings = np.zeros(dq.shape, bool)
-    if n == 0:
-        return wings
-    areas = np.bincount(labels.ravel())
-    slices = ndimage.find_objects(labels)
-    for k in np.flatnonzero(areas >= int(params["snowball_min_jump_px"])):
-        if k == 0:
-            continue
-        radius = math.sqrt(areas[k] / math.pi)
-        sl = slices[k - 1]
-        pad = int(math.ceil((params["snowball_wing_factor"] - 1) * radius)) + 1
-        y0, x0 = max(sl[0].start - pad, 0), max(sl[1].start - pad, 0)
-        y1, x1 = min(sl[0].stop + pad, dq.shape[0]), min(sl[1].stop + pad, dq.shape[1])
-        core = labels[y0:y1, x0:x1] == k
-        wings[y0:y1, x0:x1] |= ndimage.binary_dilation(core, disk(pad))
-    return wings
+    return masks.cluster_wings(jumps, params["snowball_min_jump_px"], params["snowball_wing_factor"])
 
 
 def fixed_footprint(significance: np.ndarray, partners: list[np.ndarray], params: dict) -> np.ndarray:

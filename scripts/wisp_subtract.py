@@ -9,12 +9,20 @@ template:
    background whose box is large enough to follow the wisp, so the wisp itself is not masked)
    masks bright sources; DQ-flagged and non-finite pixels are masked too;
 2. the template is smoothed with a Gaussian of ``smooth_sigma_px`` (2 px) for the fit;
-3. the scale ``a`` minimising sigma_MAD^2(image - a * smoothed template) over the unmasked
-   pixels (after removing the per-amplifier row and the column medians of each trial residual:
-   the 1/f stripes are still there, the wisp step runs before destriping; ``row_medians``)
-   is found on a grid over ``scale_range`` and refined by a parabola through the grid
-   minimum and its neighbours;
-4. ``a`` times the UNSMOOTHED template is subtracted from the unmasked, original image.
+3. the 1/f stripes are still in the image (the wisp step runs before destriping) and would
+   dominate the fit, so the stripes are projected out of the image AND the template with the
+   same linear operator (``stripes = "project"``): weighted means of each amplifier row and of
+   each column are removed alternately until they vanish (the two-way fixed-effects projection;
+   by the Frisch-Waugh theorem the scale of the projected template in the projected image is
+   the scale in a joint fit of wisp and stripes). Galaxy fields (``cross_terms_order`` > 0)
+   also project out smooth non-separable terms x^i y^j (a separable disk is absorbed by the
+   row and column terms already);
+4. the scale ``a`` minimising sigma_MAD^2(image' - a * template') over the fit pixels (the
+   wisp footprint plus as many wisp-free pixels) is found on a grid over ``scale_range`` and
+   refined by a parabola through the grid minimum and its neighbours; pixels beyond
+   ``clip_sigma`` of the residual are dropped and the projection and scan repeated
+   (``clip_rounds``: cosmic-ray residuals and snowball wings would bias the row means);
+5. ``a`` times the UNSMOOTHED template is subtracted from the unmasked, original image.
 
 Without a template (``--template`` not given or ``none``) the exposure passes through
 unchanged with a log line: detectors and filters without published templates are left alone.
@@ -46,8 +54,18 @@ DEFAULTS = {
     "min_template_fraction": 0.02,  # fit only pixels where the template exceeds this x its peak ...
     "context_fraction": 1.0,  # ... plus this fraction of that many wisp-free pixels (anchors the level)
     "max_fit_pixels": 400_000,  # regular subsample above this
-    "row_medians": True,  # remove 1/f row stripes measured on the wisp-free pixels of each row first
+    "stripes": "project",  # project, row_medians (per-trial medians of the residual: biased), none
     "n_amplifiers": 4,  # amplifier segments along x (NIRCam full frame: 4 x 512 columns)
+    "projection_iterations": 60,  # alternating row/column mean removal (stops earlier when converged)
+    "cross_terms_order": 0,  # also project out x^i y^j, 1 <= i, j <= order (smooth galaxy light)
+    "clip_sigma": 4.0,  # drop pixels beyond this many sigma of the fit residual ...
+    "clip_rounds": 2,  # ... and refit, this many times
+    "refine": "parabola",  # after the MAD scan: parabola (its minimum) or least_squares (the joint fit)
+    "deep_mask_nsigma": 2.0,  # faint-source mask after a first fit (None: the cold mask only)
+    "deep_mask_smooth_px": 1.0,
+    "deep_mask_dilate_px": 2,
+    "snowball_min_jump_px": 20,  # JUMP_DET clusters this large are snowballs (0: do not mask) ...
+    "snowball_wing_factor": 3.0,  # ... whose wings, to this x their radius, are left out of the fit  # after the MAD scan: least_squares (joint fit) or parabola (MAD minimum only)
 }
 PASS_THROUGH = ("", "none", "None")
 
@@ -76,6 +94,35 @@ def cold_source_mask(image: np.ndarray, bad: np.ndarray, params: dict) -> np.nda
     return mask
 
 
+def deep_source_mask(image, template, scale, usable, bad, params) -> np.ndarray:
+    """Faint sources: ``deep_mask_nsigma`` detection on the image minus a first wisp and stripe model.
+
+    With the wisp (``scale`` x ``template``) and the 1/f stripes (per-amplifier row and column
+    medians of what is left) removed, nothing smooth remains to be mistaken for a source, so the
+    threshold can be far below the cold mask's; the detection image is smoothed by a Gaussian
+    of ``deep_mask_smooth_px`` first, and detections are grown by ``deep_mask_dilate_px``.
+    """
+    from scipy import ndimage
+
+    n_amp = int(params["n_amplifiers"])
+    residual = image - scale * template
+    residual = residual - masks.row_segment_medians(residual, ~usable, n_amp)
+    residual = residual - masks.row_segment_medians(residual.T, ~usable.T, 1).T
+    filled = np.where(bad, 0.0, residual)
+    smoothed = ndimage.gaussian_filter(filled, params["deep_mask_smooth_px"])
+    norm = ndimage.gaussian_filter((~bad).astype(float), params["deep_mask_smooth_px"])
+    smoothed = np.where(norm > 0.5, smoothed / np.maximum(norm, 1e-3), 0.0)
+    values = smoothed[usable]
+    level = np.median(values)
+    sigma = 1.4826 * np.median(np.abs(values - level))
+    detected = (smoothed - level > params["deep_mask_nsigma"] * sigma) & ~bad
+    labels, n = ndimage.label(detected)
+    if n:
+        sizes = np.bincount(labels.ravel())
+        detected = (sizes >= int(params["mask_npixels"]))[labels] & (labels > 0)
+    return ndimage.binary_dilation(detected, iterations=int(params["deep_mask_dilate_px"])) & ~bad
+
+
 def mad_variance(values: np.ndarray) -> float:
     """sigma_MAD^2: (1.4826 x median absolute deviation)^2."""
     med = np.median(values)
@@ -86,8 +133,8 @@ def fit_scale(image: np.ndarray, template: np.ndarray, params: dict, usable=None
     """Scale minimising sigma_MAD^2(image - a template): grid scan, then a parabola at the minimum.
 
     1-D arrays of the fit pixels; or 2-D images with ``usable`` and ``pixels`` (flat indices of the
-    fit pixels), in which case the row medians of each trial residual are removed first (1/f
-    stripes, constant along a row of an amplifier). Returns (a, grid, variances).
+    fit pixels), in which case the row medians of each trial residual are removed first
+    (``stripes = "row_medians"``, the simple alternative to the projection). Returns (a, grid, variances).
     """
     lo, hi = params["scale_range"]
     grid = np.linspace(lo, hi, int(params["scale_steps"]))
@@ -102,18 +149,114 @@ def fit_scale(image: np.ndarray, template: np.ndarray, params: dict, usable=None
             residual = residual - masks.row_segment_medians(residual.T, ~usable.T, 1).T
             variances.append(mad_variance(residual.ravel()[pixels]))
         variances = np.array(variances)
+    best = parabola_minimum(grid, variances, params["scale_range"])
+    return best, grid, variances
+
+
+def project_stripes(arrays: np.ndarray, weight: np.ndarray, n_amp: int, iterations: int) -> np.ndarray:
+    """``arrays`` (k, ny, nx) minus weighted per-amplifier row means and column means, jointly.
+
+    Alternating projections onto the complement of {row offsets of each amplifier + column
+    offsets}: each pass removes the weighted mean of every amplifier row, then of every column,
+    until the largest removed mean is below 1e-6 of the arrays' spread. The same operator on
+    the image and the template (and any other regressor), so that a least-squares or robust
+    fit on the projected arrays is the joint fit with the stripes (Frisch-Waugh). Zero-weight
+    pixels are carried along (their projected values follow the offsets of their row and column).
+    """
+    k, ny, nx = arrays.shape
+    n_amp = n_amp if n_amp > 0 and nx % n_amp == 0 else 1
+    out = np.array(arrays, dtype=float)
+    w = weight.astype(float)
+    seg_w = w.reshape(ny, n_amp, nx // n_amp).sum(axis=2)
+    col_w = w.sum(axis=0)
+    scale = max(float(np.std(out[:, weight])), 1e-30) if weight.any() else 1.0
+    for _ in range(int(iterations)):
+        seg = (out * w).reshape(k, ny, n_amp, nx // n_amp).sum(axis=3)
+        row_means = np.divide(seg, seg_w, out=np.zeros_like(seg), where=seg_w > 0)
+        out -= np.repeat(row_means, nx // n_amp, axis=2)
+        col = (out * w).sum(axis=1)
+        col_means = np.divide(col, col_w, out=np.zeros_like(col), where=col_w > 0)
+        out -= col_means[:, None, :]
+        if max(np.abs(row_means).max(), np.abs(col_means).max()) < 1e-6 * scale:
+            break
+    return out
+
+
+def cross_terms(shape, order: int) -> list[np.ndarray]:
+    """Smooth non-separable terms x^i y^j (1 <= i, j <= order) on [-1, 1]^2 coordinates."""
+    ny, nx = shape
+    y = np.linspace(-1, 1, ny)[:, None]
+    x = np.linspace(-1, 1, nx)[None, :]
+    return [(x**i) * (y**j) for i in range(1, order + 1) for j in range(1, order + 1)]
+
+
+def projected_scale(image, template, usable, pixels, params):
+    """Scale of ``template`` in ``image`` after projecting stripes (and cross terms) out of both.
+
+    Rounds of: projection with the current weights; MAD scan with a parabola at its minimum
+    (cross terms, if any, fitted by least squares at each trial scale); with ``refine =
+    least_squares`` the joint least-squares solution on the same pixels (the MAD of a residual
+    that is mostly noise responds weakly to a smooth template error: on the simulated deep field
+    it scattered by ~10%); clipping of compact outliers (faint sources below the cold mask,
+    cosmic-ray residuals, snowball wings): pixels beyond ``clip_sigma`` of the residual minus its
+    own smoothed version, so that a smooth residual wisp is never clipped. Returns (a, grid,
+    MAD variances, fraction of fit pixels clipped).
+    """
+    from scipy import ndimage
+
+    n_amp, iters = int(params["n_amplifiers"]), int(params["projection_iterations"])
+    extra = cross_terms(image.shape, int(params["cross_terms_order"]))
+    weight = usable.copy()
+    filled = np.where(usable, image, 0.0)
+    clipped = 0.0
+    lo, hi = params["scale_range"]
+    grid = np.linspace(lo, hi, int(params["scale_steps"]))
+    for round_ in range(int(params["clip_rounds"]) + 1):
+        proj = project_stripes(np.stack([filled, template, *extra]), weight, n_amp, iters)
+        keep = pixels[weight.ravel()[pixels]]
+        img = proj[0].ravel()[keep]
+        design = np.stack([p.ravel()[keep] for p in proj[1:]], axis=1)
+
+        def residual(a, img=img, design=design):
+            r = img - a * design[:, 0]
+            if design.shape[1] > 1:
+                coef, *_ = np.linalg.lstsq(design[:, 1:], r, rcond=None)
+                r = r - design[:, 1:] @ coef
+            return r
+
+        variances = np.array([mad_variance(residual(a)) for a in grid])
+        scale = parabola_minimum(grid, variances, params["scale_range"])
+        coef = np.zeros(len(extra))
+        if params["refine"] == "least_squares":
+            solution, *_ = np.linalg.lstsq(design, img, rcond=None)
+            scale, coef = float(solution[0]), solution[1:]
+        elif extra:
+            coef, *_ = np.linalg.lstsq(design[:, 1:], img - scale * design[:, 0], rcond=None)
+        if round_ == int(params["clip_rounds"]):
+            break
+        full = proj[0] - scale * proj[1] - (np.tensordot(coef, proj[2:], axes=1) if extra else 0.0)
+        w = weight.astype(float)
+        smooth = ndimage.gaussian_filter(full * w, 4.0) / np.maximum(ndimage.gaussian_filter(w, 4.0), 1e-3)
+        compact = full - smooth
+        sigma = 1.4826 * np.median(np.abs(compact[weight] - np.median(compact[weight])))
+        new_weight = usable & (np.abs(compact) <= params["clip_sigma"] * sigma)
+        clipped = 1.0 - new_weight.ravel()[pixels].sum() / max(usable.ravel()[pixels].sum(), 1)
+        if np.array_equal(new_weight, weight):
+            break
+        weight = new_weight
+    return scale, grid, variances, float(clipped)
+
+
+def parabola_minimum(grid: np.ndarray, variances: np.ndarray, scan_range) -> float:
+    """Abscissa of the minimum: the parabola through the grid minimum and its two neighbours."""
     k = int(np.argmin(variances))
     if 0 < k < len(grid) - 1:
-        # parabola through the minimum and its two neighbours
         y0, y1, y2 = variances[k - 1 : k + 2]
         denom = y0 - 2 * y1 + y2
-        step = grid[1] - grid[0]
         shift = 0.5 * (y0 - y2) / denom if denom > 0 else 0.0
-        best = float(grid[k] + np.clip(shift, -1, 1) * step)
-    else:
-        log.warning("wisp scale at the edge of the scan range %s: %.3f", params["scale_range"], grid[k])
-        best = float(grid[k])
-    return best, grid, variances
+        return float(grid[k] + np.clip(shift, -1, 1) * (grid[1] - grid[0]))
+    log.warning("wisp scale at the edge of the scan range %s: %.3f", list(scan_range), grid[k])
+    return float(grid[k])
 
 
 def fit_pixels(template_smooth: np.ndarray, usable: np.ndarray, params: dict, rng_seed: int = 0) -> np.ndarray:
@@ -135,12 +278,18 @@ def fit_pixels(template_smooth: np.ndarray, usable: np.ndarray, params: dict, rn
     return np.sort(chosen)
 
 
-def wisp_scale(image: np.ndarray, bad: np.ndarray, template: np.ndarray, params: dict) -> dict:
-    """Fitted scale of ``template`` in ``image`` (same shape, MJy/sr) with the fit's diagnostics."""
+def wisp_scale(image: np.ndarray, bad: np.ndarray, template: np.ndarray, params: dict, jumps=None) -> dict:
+    """Fitted scale of ``template`` in ``image`` (same shape, MJy/sr) with the fit's diagnostics.
+
+    ``jumps``: JUMP_DET pixels (DQ); the wings of their large clusters (snowballs, whose diffuse
+    halo the jump step leaves unflagged) are left out of the fit.
+    """
     from scipy import ndimage
 
     params = {**DEFAULTS, **params}
     bad = bad | ~np.isfinite(image) | ~np.isfinite(template)
+    if jumps is not None and params["snowball_min_jump_px"]:
+        bad = bad | masks.cluster_wings(jumps, params["snowball_min_jump_px"], params["snowball_wing_factor"])
     sources = cold_source_mask(image, bad, params)
     usable = ~bad & ~sources
     template_clean = np.where(np.isfinite(template), template, 0.0)
@@ -148,14 +297,30 @@ def wisp_scale(image: np.ndarray, bad: np.ndarray, template: np.ndarray, params:
     pixels = fit_pixels(smooth, usable, params)
     if pixels.size < 100:
         raise wfutils.InputError(f"only {pixels.size} usable pixels for the wisp fit (too much of the image masked)")
-    if params["row_medians"]:
+    clipped = 0.0
+    stripes = params["stripes"]
+    if stripes not in ("project", "row_medians", "none"):
+        raise wfutils.InputError(f"wisp_subtract: stripes must be project, row_medians or none, not {stripes!r}")
+    deep = np.zeros(image.shape, bool)
+    if params["deep_mask_nsigma"] is not None and stripes != "none":
+        # first pass with the cold mask, then a deep mask of the faint sources on the image
+        # without the fitted wisp and stripes, and the fit again
+        scale0 = fit_scale(image, smooth, params, usable=usable, pixels=pixels)[0]
+        deep = deep_source_mask(image, smooth, scale0, usable, bad, params)
+        usable = usable & ~deep
+        pixels = pixels[usable.ravel()[pixels]]
+    if stripes == "project":
+        scale, grid, variances, clipped = projected_scale(image, smooth, usable, pixels, params)
+    elif stripes == "row_medians":
         scale, grid, variances = fit_scale(image, smooth, params, usable=usable, pixels=pixels)
     else:
         scale, grid, variances = fit_scale(image.ravel()[pixels], smooth.ravel()[pixels], params)
     return {
         "scale": scale,
         "fit_pixels": int(pixels.size),
+        "clipped_fraction": clipped,
         "masked_source_fraction": float(sources.mean()),
+        "deep_masked_fraction": float(deep.mean()),
         "mad_variance_before": float(variances[np.argmin(np.abs(grid))]),
         "mad_variance_after": float(variances.min()),
     }
@@ -192,7 +357,8 @@ def subtract_wisp(model, template: np.ndarray, params: dict) -> dict:
 
     data = np.asarray(model.data, dtype=float)
     bad = (np.asarray(model.dq) & dqflags.pixel["DO_NOT_USE"]) > 0
-    report = wisp_scale(data, bad, template, params)
+    jumps = (np.asarray(model.dq) & dqflags.pixel["JUMP_DET"]) > 0
+    report = wisp_scale(data, bad, template, params, jumps=jumps)
     correction = report["scale"] * np.where(np.isfinite(template), template, 0.0)
     model.data = (data - correction).astype(np.float32)
     return report
