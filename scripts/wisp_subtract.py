@@ -54,7 +54,7 @@ DEFAULTS = {
     "min_template_fraction": 0.02,  # fit only pixels where the template exceeds this x its peak ...
     "context_fraction": 1.0,  # ... plus this fraction of that many wisp-free pixels (anchors the level)
     "max_fit_pixels": 400_000,  # regular subsample above this
-    "stripes": "project",  # project, row_medians (per-trial medians of the residual: biased), none
+    "stripes": "project",  # project (joint fit of stripes and wisp), row_medians (per-trial medians), none
     "n_amplifiers": 4,  # amplifier segments along x (NIRCam full frame: 4 x 512 columns)
     "projection_iterations": 60,  # alternating row/column mean removal (stops earlier when converged)
     "cross_terms_order": 0,  # also project out x^i y^j, 1 <= i, j <= order (smooth galaxy light)
@@ -65,7 +65,7 @@ DEFAULTS = {
     "deep_mask_smooth_px": 1.0,
     "deep_mask_dilate_px": 2,
     "snowball_min_jump_px": 20,  # JUMP_DET clusters this large are snowballs (0: do not mask) ...
-    "snowball_wing_factor": 3.0,  # ... whose wings, to this x their radius, are left out of the fit  # after the MAD scan: least_squares (joint fit) or parabola (MAD minimum only)
+    "snowball_wing_factor": 3.0,  # ... whose wings, to this x their radius, are left out of the fit
 }
 PASS_THROUGH = ("", "none", "None")
 

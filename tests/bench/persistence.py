@@ -43,13 +43,13 @@ def configured_params(config: dict) -> dict:
     return dict(config["corrections"]["persistence_mask"].get("params", {}))
 
 
-def evaluate(root: Path, params: dict, min_truth: float = 0.0, verbose: bool = False) -> dict:
+def evaluate(root: Path, params: dict, min_truth: float = 0.0, verbose: bool = False, bands=BANDS) -> dict:
     from astropy.io import fits
 
     import persistence_mask as pm
 
     params = {**pm.DEFAULTS, **params}
-    paths = [p for band in BANDS for p in sm.exposures_of(root, band)]
+    paths = [p for band in bands for p in sm.exposures_of(root, band)]
     exposures = [pm.Exposure(p) for p in paths]
     counts = {"affected": 0, "hit": 0, "unaffected": 0, "false": 0}
     kinds = {"saturation": [0, 0], "fixed": [0, 0]}

@@ -119,6 +119,7 @@ def main(argv=None):
     parser.add_argument("--work-dir", help="keep the simulated data here (reused when present)")
     parser.add_argument("--params", help="JSON replacing the configured params for both layouts")
     parser.add_argument("--skip-galaxy", action="store_true")
+    parser.add_argument("--skip-deep", action="store_true")
     parser.add_argument("--verbose", action="store_true", help="one line per exposure on stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
@@ -134,7 +135,7 @@ def main(argv=None):
         tmp = tempfile.TemporaryDirectory(prefix="wt9-wisps-")
         work = Path(tmp.name)
     start = time.time()
-    sets = {"deep": ("ceers_deep", ["F150W", "F200W"], (1, 1))}
+    sets = {} if args.skip_deep else {"deep": ("ceers_deep", ["F150W", "F200W"], (1, 1))}
     if not args.skip_galaxy:
         sets["galaxy"] = ("phangs_galaxy", ["F200W"], (2, 2))
     result = {"bench": "wisps", "scale": args.scale}
