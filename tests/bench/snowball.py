@@ -51,7 +51,9 @@ def stcal_large_events(groupdq: np.ndarray, gain, readnoise, settings: dict) -> 
     from stcal.jump.jump_class import JumpData
     from stdatamodels.jwst.datamodels import dqflags
 
-    jump_data = JumpData(gain2d=np.array(gain), rnoise2d=np.array(readnoise), dqflags=dqflags.group)
+    jump_data = JumpData(
+        gain2d=np.array(gain), rnoise2d=np.array(readnoise), dqflags={**dqflags.pixel, **dqflags.group}
+    )
     jump_data.set_snowball_info(
         True,
         settings["min_jump_area"],
