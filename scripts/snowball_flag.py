@@ -55,9 +55,7 @@ def snowball_plane_mask(jumps: np.ndarray, new_saturated: np.ndarray, params: di
 
     ``jumps``: JUMP_DET in this group; ``new_saturated``: pixels saturating first in this group.
     """
-    from scipy import ndimage
-
-    from scipy import signal
+    from scipy import ndimage, signal
 
     events = (jumps | new_saturated) if params["include_saturated"] else jumps
     mask = np.zeros(jumps.shape, bool)
