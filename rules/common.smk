@@ -76,14 +76,18 @@ def simulated_filters(target):
 
 # ----------------------------------------------------------------------- the correction chain
 # Corrections between Stage 2 and the mosaic, in the order of the papers (DESIGN.md),
-# with their unit of work: "exposure" (a job per exposure), "band" (a job per target and
-# filter) or "instrument" (a job per target and instrument, all its bands: astrometry, whose
-# solution one reference band measures for every band). An exposure skips a step when
-# `corrections.<step>` disables it or does not list its instrument: the input functions pass
+# with their unit of work: "exposure" (a job per exposure), "detector" (a job per target,
+# filter and detector: wisp templates), "band" (a job per target and filter) or "instrument"
+# (a job per target and instrument, all its bands: astrometry, whose solution one reference
+# band measures for every band; persistence, which follows a detector through every filter).
+# An exposure skips a step when `corrections.<step>` disables it or does not list its
+# instrument (or, where the step has them, its detector and filter): the input functions pass
 # the previous file on, no copy rule is needed. From `lyot_split` on, a MIRI exposure travels
 # as two images, `<name>` (imager part) and `<name>_lyot` (coronagraph part), level-matched
 # separately and drizzled together.
 CORRECTION_STEPS = [
+    ("wisp_subtract", "detector"),
+    ("persistence_mask", "instrument"),
     ("destripe", "exposure"),
     ("miri_background", "band"),
     ("align_relative", "instrument"),
@@ -103,12 +107,18 @@ def step_config(step):
 
 def step_applies(step, row):
     """Whether correction ``step`` runs on the exposure ``row``: corrections.<step>.enabled and
-    instruments, then the ``enabled`` of any matching ``overrides`` entry (the last one wins)."""
+    instruments (and its detectors and filters lists where it has them), then the ``enabled`` of
+    any matching ``overrides`` entry (the last one wins)."""
     cfg = step_config(step)
-    enabled = bool(cfg.get("enabled", False)) and row["instrument"] in cfg.get("instruments", [])
+    touched = row["instrument"] in cfg.get("instruments", []) and all(
+        row[key[:-1]] in cfg[key] for key in ("detectors", "filters") if key in cfg
+    )
+    enabled = bool(cfg.get("enabled", False)) and touched
     for override in cfg.get("overrides", []):
-        if "enabled" in override and override_matches(override, row["target"], row["instrument"], row["filter"]):
-            enabled = bool(override["enabled"]) and row["instrument"] in cfg.get("instruments", [])
+        if "enabled" in override and override_matches(
+            override, row["target"], row["instrument"], row["filter"], row["detector"]
+        ):
+            enabled = bool(override["enabled"]) and touched
     return enabled
 
 
@@ -123,24 +133,26 @@ def deep_merge(base, override):
     return merged
 
 
-def override_matches(when, target, instrument=None, filter=None):
-    """Whether an override's selectors (targets, layouts, instruments, filters) all accept this job."""
+def override_matches(when, target, instrument=None, filter=None, detector=None):
+    """Whether an override's selectors (targets, layouts, instruments, filters, detectors) all accept
+    this job (a `detectors` selector only matches jobs of one detector)."""
     values = {
         "targets": target,
         "layouts": target_row(target)["layout"],
         "instruments": instrument,
         "filters": filter,
+        "detectors": detector,
     }
     return all(values[key] in allowed for key, allowed in when.items() if key in values)
 
 
-def step_params(step, target=None, instrument=None, filter=None):
+def step_params(step, target=None, instrument=None, filter=None, detector=None):
     """JSON parameters of a step for one job: ``params`` updated by every matching ``overrides`` entry, in order."""
     cfg = step_config(step)
     params = cfg.get("params", {})
     if target is not None:
         for override in cfg.get("overrides", []):
-            if "params" in override and override_matches(override, target, instrument, filter):
+            if "params" in override and override_matches(override, target, instrument, filter, detector):
                 params = deep_merge(params, override["params"])
     return json_param(params)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import wfutils
 
 log = logging.getLogger("each_exposure")
-RUNNABLE = ("destripe", "noise_model", "miri_lyot_split", "flag_outliers")
+RUNNABLE = ("wisp_subtract", "persistence_mask", "destripe", "noise_model", "miri_lyot_split", "flag_outliers")
 
 
 def exposure_stem(path: str) -> str:

@@ -333,3 +333,51 @@ def gaussian_pedestal(values: np.ndarray, nbins: int = 200) -> float:
         return med
     mu = float(popt[1])
     return mu if abs(mu - med) < 5 * std else med
+
+
+def row_segment_medians(image: np.ndarray, exclude: np.ndarray, n_segments: int = 4, min_fraction: float = 0.25):
+    """Median of each row within each of ``n_segments`` column blocks (NIRCam amplifiers), as an image.
+
+    NaNs and ``exclude``d pixels are ignored; a segment with less than ``min_fraction`` of its
+    pixels left takes the median of its whole row (0 if nothing is left). The model of 1/f row
+    stripes that the per-exposure artefact fits subtract before they measure.
+    """
+    import warnings
+
+    ny, nx = image.shape
+    n_segments = n_segments if n_segments > 0 and nx % n_segments == 0 else 1
+    work = np.where(exclude, np.nan, image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        seg = work.reshape(ny, n_segments, nx // n_segments)
+        medians = np.nanmedian(seg, axis=2)
+        counts = np.isfinite(seg).sum(axis=2)
+        full = np.nanmedian(work, axis=1)
+    medians = np.where(counts >= min_fraction * seg.shape[2], medians, full[:, None])
+    medians = np.where(np.isfinite(medians), medians, 0.0)
+    return np.repeat(medians, nx // n_segments, axis=1)
+
+
+def cluster_wings(flags: np.ndarray, min_pixels: int, wing_factor: float) -> np.ndarray:
+    """Pixels within ``wing_factor`` radii of the connected clusters of ``flags`` with at least
+    ``min_pixels`` pixels (radius sqrt(area / pi)): the unflagged wings of snowballs around the
+    JUMP_DET cores the jump step flags (CEERS, Bagley et al. 2023, Sect. 3.1.1)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(flags)
+    wings = np.zeros(flags.shape, bool)
+    if n == 0:
+        return wings
+    areas = np.bincount(labels.ravel())
+    slices = ndimage.find_objects(labels)
+    for k in np.flatnonzero(areas >= int(min_pixels)):
+        if k == 0:
+            continue
+        radius = math.sqrt(areas[k] / math.pi)
+        sl = slices[k - 1]
+        pad = int(math.ceil((wing_factor - 1) * radius)) + 1
+        y0, x0 = max(sl[0].start - pad, 0), max(sl[1].start - pad, 0)
+        y1, x1 = min(sl[0].stop + pad, flags.shape[0]), min(sl[1].stop + pad, flags.shape[1])
+        yy, xx = np.mgrid[-pad : pad + 1, -pad : pad + 1]
+        wings[y0:y1, x0:x1] |= ndimage.binary_dilation(labels[y0:y1, x0:x1] == k, xx**2 + yy**2 <= pad * pad + 0.5)
+    return wings

@@ -74,10 +74,10 @@ def provenance_cards(inputs, cfg_hash: str | None, step: str) -> list[tuple[str,
     return cards
 
 
-def save_model(model, path, inputs, cfg_hash: str | None, step: str) -> None:
-    """Write a jwst datamodel atomically with provenance cards in the primary header."""
+def save_model(model, path, inputs, cfg_hash: str | None, step: str, cards=()) -> None:
+    """Write a jwst datamodel atomically with provenance cards (and extra ``cards``) in the primary header."""
     model.meta.filename = Path(path).name
-    model.extra_fits = {"PRIMARY": {"header": [list(c) for c in provenance_cards(inputs, cfg_hash, step)]}}
+    model.extra_fits = {"PRIMARY": {"header": [list(c) for c in (*provenance_cards(inputs, cfg_hash, step), *cards)]}}
     with atomic_output(path) as tmp:
         model.save(str(tmp))
 

@@ -101,6 +101,8 @@ def test_correction_chain_runs_in_the_papers_order():
     assert result.returncode == 0, result.stdout[-3000:]
     out = result.stdout
     for rule in (
+        "wisp_subtract_NGC0628_F200W_NRCA3",
+        "persistence_mask_NGC0628_NRCA3",
         "destripe_NGC0628_F200W",
         "miri_background_NGC0628_F770W",
         "align_relative_NGC0628_NIRCAM",
@@ -113,6 +115,11 @@ def test_correction_chain_runs_in_the_papers_order():
         "noise_model_NGC0628_F770W",
     ):
         assert f"rule {rule}:" in out, f"{rule} missing from the DAG"
+    # NIRCam A3 F200W: wisp_subtract -> persistence_mask (all filters of the detector) -> destripe
+    assert "--template results/NGC0628/references/wisps/wisp_nrca3_f200w.fits" in out
+    assert "results/NGC0628/wisp_subtract/jw09001001001_02101_00001_nrca3_cal.fits" in out
+    assert "results/NGC0628/persistence_mask/jw09001001001_02101_00001_nrca3_cal.fits" in out
+    assert "wisp_subtract/jw09001001001_02101_00001_nrca1" not in out, "wisps applied to a detector without them"
     # NIRCam: destripe -> align_relative -> align_absolute -> level_match -> destripe_multitile -> noise_model
     assert "results/NGC0628/destripe/jw09001001001_02101_00001_nrca1_cal.fits" in out
     assert "--anchor-catalog results/NGC0628/align_absolute/NIRCAM_F300M_catalog.ecsv" in out
