@@ -16,9 +16,11 @@ include: "rules/exposure.smk"
 include: "rules/astrometry.smk"
 include: "rules/tile.smk"
 include: "rules/mosaic.smk"
+include: "rules/report.smk"
 
 
 rule all:
     input:
         all_products,
+        report_products,
     default_target: True
