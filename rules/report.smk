@@ -12,6 +12,7 @@ report: "../report/workflow.rst"
 localrules:
     report_copy_figure,
     report_table,
+    report_regress_table,
 
 
 REPORT_DIR = "results/{target}/report"
@@ -199,10 +200,10 @@ def target_report_products(target):
         if band_step_io("level_match", target, filt)[1]:
             products.append(f"{out}/level_match/{target}_{filt}_offsets.png")
     products += [f"{out}/figures/{name}.png" for name in step_figures(target)]
-    products += [f"{out}/tables/{name}.tsv" for name in step_tables(target)]
+    products += [f"{out}/tables/{name}.html" for name in step_tables(target)]
     products.append(f"{out}/noise/{target}_noise.png")
     if regress_pairs(target):
-        products.append(f"results/{target}/regress/{target}_regress.tsv")
+        products.append(f"{out}/regress/{target}_regress.html")
     return products
 
 
@@ -360,8 +361,9 @@ rule report_table:
     input:
         table_sources,
     output:
-        report(
-            f"{REPORT_DIR}/tables/{{table}}.tsv",
+        tsv=f"{REPORT_DIR}/tables/{{table}}.tsv",
+        html=report(
+            f"{REPORT_DIR}/tables/{{table}}.html",
             caption="../report/step_table.rst",
             category="{target}",
             subcategory=lambda w: SECTION[step_tables(w.target)[w.table][2]],
@@ -378,7 +380,7 @@ rule report_table:
     conda:
         "../envs/jwst.yaml"
     shell:
-        "python {params.script} --log {log} {params.command} --out {output}"
+        "python {params.script} --log {log} {params.command} --out {output.tsv} --html {output.html}"
 
 
 rule report_noise:
@@ -387,8 +389,9 @@ rule report_noise:
     output:
         figure=report_flag(f"{REPORT_DIR}/noise/{{target}}_noise.png", "noise.rst", SECTION["noise"],
                            figure="error map vs measured noise"),
-        table=report_flag(f"{REPORT_DIR}/noise/{{target}}_noise.tsv", "noise_table.rst", SECTION["noise"],
-                          figure="table"),
+        table=f"{REPORT_DIR}/noise/{{target}}_noise.tsv",
+        html=report_flag(f"{REPORT_DIR}/noise/{{target}}_noise.html", "noise_table.rst", SECTION["noise"],
+                         figure="table"),
     params:
         script=script_path("qa_plots.py"),
     log:
@@ -401,7 +404,8 @@ rule report_noise:
     conda:
         "../envs/jwst.yaml"
     shell:
-        "python {params.script} --log {log} noise --out {output.figure} --table {output.table} {input}"
+        "python {params.script} --log {log} noise --out {output.figure} --table {output.table}"
+        " --html {output.html} {input}"
 
 
 # Run time and memory of every job of the target, from the benchmark files: it waits for all
@@ -413,8 +417,9 @@ rule report_benchmarks:
     output:
         figure=report_flag(f"{REPORT_DIR}/benchmarks/{{target}}_benchmarks.png", "benchmarks.rst",
                            SECTION["benchmarks"], figure="per rule"),
-        table=report_flag(f"{REPORT_DIR}/benchmarks/{{target}}_benchmarks.tsv", "benchmarks_table.rst",
-                          SECTION["benchmarks"], figure="table"),
+        table=f"{REPORT_DIR}/benchmarks/{{target}}_benchmarks.tsv",
+        html=report_flag(f"{REPORT_DIR}/benchmarks/{{target}}_benchmarks.html", "benchmarks_table.rst",
+                         SECTION["benchmarks"], figure="table"),
     params:
         script=script_path("qa_plots.py"),
     log:
@@ -426,7 +431,7 @@ rule report_benchmarks:
         "../envs/jwst.yaml"
     shell:
         "python {params.script} --log {log} benchmarks benchmarks --target {wildcards.target}"
-        " --out {output.figure} --table {output.table}"
+        " --out {output.figure} --table {output.table} --html {output.html}"
 
 
 # ----------------------------------------------------------------------- regression
@@ -442,8 +447,7 @@ for _target in SELECTED.index:
                 new=[final_mosaic(_target, f) for f in _pairs],
                 old=list(_pairs.values()),
             output:
-                table=report(f"results/{_target}/regress/{_target}_regress.tsv", caption="../report/regress_table.rst",
-                             category=_target, subcategory=SECTION["regress"], labels={"band": "all"}),
+                table=f"results/{_target}/regress/{_target}_regress.tsv",
                 images=[f"results/{_target}/regress/{Path(final_mosaic(_target, f)).stem}_regress.fits" for f in _pairs],
                 figures=[
                     report(f"results/{_target}/regress/{Path(final_mosaic(_target, f)).stem}_regress.png",
@@ -466,3 +470,22 @@ for _target in SELECTED.index:
                 "../envs/jwst.yaml"
             shell:
                 "python {params.script} --log {log} --out-dir {params.out_dir} --table {output.table} {params.pairs}"
+
+
+rule report_regress_table:
+    input:
+        "results/{target}/regress/{target}_regress.tsv",
+    output:
+        report_flag(f"{REPORT_DIR}/regress/{{target}}_regress.html", "regress_table.rst", SECTION["regress"],
+                    band="all"),
+    params:
+        script=script_path("qa_plots.py"),
+    log:
+        "logs/report_regress_table/{target}.log",
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/jwst.yaml"
+    shell:
+        "python {params.script} --log {log} tsv-html --title 'This run vs the previous release' --html {output} {input}"

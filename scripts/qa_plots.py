@@ -14,8 +14,9 @@ per kind of figure; each reads products the workflow already wrote and never cha
     Stripe models (``destripe.py --noise-model``) of a band's exposures, worst first.
 ``level-offsets OFFSETS_JSON --out PNG``
     Offsets solved by ``level_match.py --report`` per image, and the pair residuals.
-``json-table JSON... --out TSV`` / ``ecsv-table ECSV --out TSV``
-    Astrometric residual statistics (``align_*.py --qa-json``), fit tables, as report tables.
+``json-table JSON... --out TSV --html HTML`` / ``ecsv-table ECSV ...`` / ``tsv-html TSV --html HTML``
+    Astrometric residual statistics (``align_*.py --qa-json``), fit tables, as report tables
+    (Snakemake's report shows HTML pages; a TSV is only a download).
 ``noise MOSAIC... --out PNG --table TSV``
     Error map versus measured noise (``correlated_noise.py`` header cards NCPIXRAT, NCAPRAT,
     NCORRFAC, block factors NCB<n>; re-measured on the delivered mosaic) and noise versus
@@ -121,7 +122,8 @@ def benchmark_summary(records: list[dict]) -> list[dict]:
     rules: dict[str, dict] = {}
     for rec in records:
         row = rules.setdefault(
-            rec["rule"], {"rule": rec["rule"], "jobs": 0, "wall_s": 0.0, "max_wall_s": 0.0, "cpu_s": 0.0, "max_rss_mb": 0.0}
+            rec["rule"],
+            {"rule": rec["rule"], "jobs": 0, "wall_s": 0.0, "max_wall_s": 0.0, "cpu_s": 0.0, "max_rss_mb": 0.0},
         )
         wall, cpu, rss = (_number(rec.get(k)) for k in ("s", "cpu_time", "max_rss"))
         row["jobs"] += 1
@@ -196,7 +198,6 @@ def band_of(path) -> str:
 
 def pixel_scale_arcsec(header) -> float:
     from astropy.wcs import WCS
-
     from astropy.wcs.utils import proj_plane_pixel_scales
 
     return float(np.mean(proj_plane_pixel_scales(WCS(header).celestial)) * 3600.0)
@@ -232,10 +233,12 @@ def quicklook(path, out, max_side: int = 1200, percentiles=STRETCH_PERCENTILES, 
     shown = ax.imshow(scaled * (hi - lo) + lo, origin="lower", cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.colorbar(shown, ax=ax, fraction=0.04, pad=0.01, label=f"MJy/sr (linear, {percentiles[0]:g}-{percentiles[1]:g}%)")
+    fig.colorbar(
+        shown, ax=ax, fraction=0.04, pad=0.01, label=f"MJy/sr (linear, {percentiles[0]:g}-{percentiles[1]:g}%)"
+    )
     scale = pixel_scale_arcsec(header) * factor
     ax.set_title(
-        title or f"{Path(path).name}: {sci.shape[1] * factor} x {sci.shape[0] * factor} px, shown at {scale:.3f}\"/px",
+        title or f'{Path(path).name}: {sci.shape[1] * factor} x {sci.shape[0] * factor} px, shown at {scale:.3f}"/px',
         fontsize=9,
     )
     save_figure(fig, out)
@@ -272,7 +275,9 @@ def common_grid_images(paths, max_side: int) -> tuple[list[np.ndarray], object]:
             wcs_in = WCS(hdr).celestial[::factor, ::factor] if factor > 1 else WCS(hdr).celestial
             out_wcs = WCS(headers[coarse]).celestial
             out_wcs = out_wcs[::base, ::base] if base > 1 else out_wcs
-            image, _ = reproject_interp((sci, wcs_in), out_wcs, shape_out=(target_shape[0] // base, target_shape[1] // base))
+            image, _ = reproject_interp(
+                (sci, wcs_in), out_wcs, shape_out=(target_shape[0] // base, target_shape[1] // base)
+            )
         images.append(image)
     shape = np.min([im.shape for im in images], axis=0)
     return [im[: shape[0], : shape[1]] for im in images], headers[coarse]
@@ -354,8 +359,15 @@ def level_offsets(report_path, out, title: str = "") -> dict:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [2.2, 1]}, constrained_layout=True)
     x = np.arange(len(images))
-    total = [im["offset_mjysr"] for im in images]
-    axes[0].errorbar(x, total, yerr=[im["formal_error_mjysr"] for im in images], fmt="o", ms=3, label="subtracted offset")
+    total = np.array([im["offset_mjysr"] for im in images])
+    errors = np.array([im["formal_error_mjysr"] for im in images])
+    lyot = np.array(["_lyot" in im.get("file", "") for im in images])
+    for part, colour, label in (
+        (~lyot, "C0", "subtracted offset"),
+        (lyot, "C3", "subtracted offset, MIRI coronagraph part"),
+    ):
+        if part.any():
+            axes[0].errorbar(x[part], total[part], yerr=errors[part], fmt="o", ms=3, color=colour, label=label)
     axes[0].plot(x, [im["stage1_offset_mjysr"] for im in images], "x", ms=4, color="C1", label="stage 1 (within visit)")
     visits = [im.get("visit_id") for im in images]
     for k in range(1, len(visits)):
@@ -380,7 +392,7 @@ def level_offsets(report_path, out, title: str = "") -> dict:
     return {"images": len(images), "rejected": n_rejected}
 
 
-def noise_figure(mosaics, out, table, max_side: int = 1024) -> list[dict]:
+def noise_figure(mosaics, out, table, max_side: int = 1024, html=None) -> list[dict]:
     """Error map versus measured noise per band and noise versus smoothing scale (CEERS Sec. 4).
 
     From the header (measured by correlated_noise.py before any rescaling): NCPIXRAT (pixel
@@ -388,8 +400,9 @@ def noise_figure(mosaics, out, table, max_side: int = 1024) -> list[dict]:
     the delivered mosaic, pixel scatter / ERR is measured again on source-free sky (window of
     at most ``max_side`` pixels): ~1 when ``apply_to: pixel`` rescaled ERR.
     """
-    import correlated_noise
     from astropy.io import fits
+
+    import correlated_noise
 
     rows, curves = [], {}
     for path in mosaics:
@@ -438,12 +451,12 @@ def noise_figure(mosaics, out, table, max_side: int = 1024) -> list[dict]:
     axes[1].set_title("noise vs smoothing (1 = uncorrelated pixels)", fontsize=9)
     axes[1].legend(fontsize=7, ncol=2)
     save_figure(fig, out)
-    write_tsv(rows, table)
+    write_table(rows, table, html, "Noise: measured / predicted by the error map")
     log.info("noise figure %s: %d bands", out, len(rows))
     return rows
 
 
-def benchmark_figure(paths, out, table, base=None) -> list[dict]:
+def benchmark_figure(paths, out, table, base=None, html=None) -> list[dict]:
     """Wall time and peak memory per rule from ``benchmarks/<rule>/...tsv`` files."""
     records = []
     for path in paths:
@@ -457,7 +470,9 @@ def benchmark_figure(paths, out, table, base=None) -> list[dict]:
             records.append({"rule": rel.parts[0], **dict(zip(names, line.split("\t"), strict=False))})
     summary = benchmark_summary(records)
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 0.32 * max(len(summary), 4) + 1.4), sharey=True, constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(13, 0.32 * max(len(summary), 4) + 1.4), sharey=True, constrained_layout=True
+    )
     y = np.arange(len(summary))[::-1]
     axes[0].barh(y, [r["wall_s"] for r in summary], color="C0", label="sum over jobs")
     axes[0].barh(y, [r["max_wall_s"] for r in summary], color="C1", height=0.4, label="longest job")
@@ -469,7 +484,7 @@ def benchmark_figure(paths, out, table, base=None) -> list[dict]:
     axes[0].set_title("run time per rule (jobs in brackets)", fontsize=9)
     axes[1].set_title("memory per rule", fontsize=9)
     save_figure(fig, out)
-    write_tsv(summary, table)
+    write_table(summary, table, html, "Run time and memory per rule")
     log.info("benchmarks %s: %d files, %d rules", out, len(paths), len(summary))
     return summary
 
@@ -480,8 +495,12 @@ def benchmark_files(base, target=None) -> list[Path]:
     files = sorted(base.rglob("*.tsv"))
     if target is None:
         return files
-    return [f for f in files if len(f.relative_to(base).parts) > 1 and
-            (f.relative_to(base).parts[1] == target or f.relative_to(base).parts[1] == f"{target}.tsv")]
+    return [
+        f
+        for f in files
+        if len(f.relative_to(base).parts) > 1
+        and (f.relative_to(base).parts[1] == target or f.relative_to(base).parts[1] == f"{target}.tsv")
+    ]
 
 
 # --------------------------------------------------------------------------- tables
@@ -492,19 +511,61 @@ def read_json(path) -> dict:
         raise wfutils.InputError(f"{path}: not a readable JSON file ({exc})") from None
 
 
-def write_tsv(rows: list[dict], path) -> None:
-    """Rows of dicts as a tab-separated table (union of keys, in first-seen order); floats to 4 digits."""
+def table_columns(rows: list[dict]) -> list[str]:
     columns = []
     for row in rows:
         columns += [k for k in row if k not in columns]
+    return columns
 
-    def fmt(value):
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "" if value is None else str(value)
 
-    lines = ["\t".join(columns)] + ["\t".join(fmt(r.get(c)) for c in columns) for r in rows]
+def format_cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def write_tsv(rows: list[dict], path) -> None:
+    """Rows of dicts as a tab-separated table (union of keys, in first-seen order); floats to 4 digits."""
+    columns = table_columns(rows)
+    lines = ["\t".join(columns)] + ["\t".join(format_cell(r.get(c)) for c in columns) for r in rows]
     wfutils.write_text("\n".join(lines) + "\n", path)
+
+
+def html_table(rows: list[dict], title: str = "") -> str:
+    """A small self-contained HTML page with the rows as a table (the report shows it in a frame)."""
+    import html
+
+    columns = table_columns(rows)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(format_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows
+    )
+    style = (
+        "body{font-family:sans-serif;font-size:13px;margin:8px}table{border-collapse:collapse}"
+        "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}th{background:#eee}"
+        "td:first-child,th:first-child{text-align:left}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body><h3>{html.escape(title)}</h3>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>\n"
+    )
+
+
+def write_table(rows: list[dict], tsv=None, html=None, title: str = "") -> None:
+    """The rows as TSV and/or as an HTML page."""
+    if tsv:
+        write_tsv(rows, tsv)
+    if html:
+        wfutils.write_text(html_table(rows, title), html)
+
+
+def read_tsv(path) -> list[dict]:
+    lines = Path(path).read_text().splitlines()
+    if not lines:
+        raise wfutils.InputError(f"{path}: empty table")
+    names = lines[0].split("\t")
+    return [dict(zip(names, line.split("\t"), strict=False)) for line in lines[1:] if line]
 
 
 def flatten(doc: dict, prefix: str = "") -> dict:
@@ -521,7 +582,7 @@ def flatten(doc: dict, prefix: str = "") -> dict:
     return out
 
 
-def json_table(paths, out) -> list[dict]:
+def json_table(paths, out, html=None) -> list[dict]:
     """Astrometry QA JSON (``align_relative``: ``groups``; ``align_absolute``: ``bands``) -> one row per group/band."""
     rows = []
     for path in paths:
@@ -531,11 +592,11 @@ def json_table(paths, out) -> list[dict]:
             raise wfutils.InputError(f"{path}: neither 'groups' nor 'bands' (not an align_*.py --qa-json file)")
         for key, stats in entries.items():
             rows.append({"file": Path(path).name, "step": doc.get("step", ""), "group": key, **flatten(stats)})
-    write_tsv(rows, out)
+    write_table(rows, out, html, "Astrometric residuals")
     return rows
 
 
-def ecsv_table(path, out) -> list[dict]:
+def ecsv_table(path, out, html=None) -> list[dict]:
     """An ECSV fit table (e.g. anchor_background.py --table) as TSV for the report."""
     from astropy.table import Table
 
@@ -544,7 +605,7 @@ def ecsv_table(path, out) -> list[dict]:
     except Exception as exc:  # astropy raises many types
         raise wfutils.InputError(f"{path}: not a readable ECSV table ({exc})") from None
     rows = [{c: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in table.colnames} for row in table]
-    write_tsv(rows, out)
+    write_table(rows, out, html, Path(path).name)
     return rows
 
 
@@ -571,21 +632,29 @@ def main(argv=None):
     p.add_argument("report")
     p.add_argument("--out", required=True)
     p.add_argument("--title", default="")
-    p = sub.add_parser("json-table", help="astrometry QA JSON files as one TSV table")
+    p = sub.add_parser("json-table", help="astrometry QA JSON files as one table")
     p.add_argument("inputs", nargs="+")
-    p.add_argument("--out", required=True)
-    p = sub.add_parser("ecsv-table", help="an ECSV table as TSV")
+    p.add_argument("--out", help="TSV")
+    p.add_argument("--html", help="HTML page")
+    p = sub.add_parser("ecsv-table", help="an ECSV table as TSV/HTML")
     p.add_argument("input")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="TSV")
+    p.add_argument("--html", help="HTML page")
+    p = sub.add_parser("tsv-html", help="a TSV table as an HTML page")
+    p.add_argument("input")
+    p.add_argument("--html", required=True)
+    p.add_argument("--title", default="")
     p = sub.add_parser("noise", help="error map vs measured noise and noise vs smoothing")
     p.add_argument("mosaics", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--table", required=True)
+    p.add_argument("--html", help="the table as an HTML page")
     p = sub.add_parser("benchmarks", help="run time and memory per rule")
     p.add_argument("benchmarks", help="benchmarks directory: <rule>/<target>/...tsv or <rule>/<target>.tsv")
     p.add_argument("--target", help="only this target's files")
     p.add_argument("--out", required=True)
     p.add_argument("--table", required=True)
+    p.add_argument("--html", help="the table as an HTML page")
     p = sub.add_parser("copy", help="copy a figure already made by a step into the report folder")
     p.add_argument("input")
     p.add_argument("out")
@@ -600,16 +669,20 @@ def main(argv=None):
     elif args.command == "level-offsets":
         level_offsets(args.report, args.out, args.title)
     elif args.command == "json-table":
-        json_table(args.inputs, args.out)
+        json_table(args.inputs, args.out, args.html)
     elif args.command == "ecsv-table":
-        ecsv_table(args.input, args.out)
+        ecsv_table(args.input, args.out, args.html)
+    elif args.command == "tsv-html":
+        write_table(read_tsv(args.input), html=args.html, title=args.title)
     elif args.command == "noise":
-        noise_figure(args.mosaics, args.out, args.table)
+        noise_figure(args.mosaics, args.out, args.table, html=args.html)
     elif args.command == "benchmarks":
         files = benchmark_files(args.benchmarks, args.target)
         if not files:
-            raise wfutils.InputError(f"no benchmark .tsv files of {args.target or 'any target'} under {args.benchmarks}")
-        benchmark_figure(files, args.out, args.table, Path(args.benchmarks))
+            raise wfutils.InputError(
+                f"no benchmark .tsv files of {args.target or 'any target'} under {args.benchmarks}"
+            )
+        benchmark_figure(files, args.out, args.table, Path(args.benchmarks), args.html)
     elif args.command == "copy":
         if not Path(args.input).exists():
             raise wfutils.InputError(f"{args.input}: file does not exist")

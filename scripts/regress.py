@@ -66,7 +66,9 @@ def clipped_line(x: np.ndarray, y: np.ndarray, sigma: float = CLIP_SIGMA, iterat
     return float(gain), float(offset)
 
 
-def image_shift(reference: np.ndarray, moving: np.ndarray, valid: np.ndarray, upsample: int = 20) -> tuple[float, float]:
+def image_shift(
+    reference: np.ndarray, moving: np.ndarray, valid: np.ndarray, upsample: int = 20
+) -> tuple[float, float]:
     """(dy, dx) pixels by which ``moving`` is displaced relative to ``reference`` (cross-correlation).
 
     Both images are median-subtracted and set to 0 outside ``valid`` so that the footprint

@@ -21,7 +21,9 @@ def star_field(shape=(160, 180), n=60, seed=3, fwhm_px=2.5):
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     image = 0.2 + 0.001 * xx
     sigma = fwhm_px / 2.355
-    for y, x, f in zip(rng.uniform(10, shape[0] - 10, n), rng.uniform(10, shape[1] - 10, n), rng.uniform(1, 20, n), strict=True):
+    for y, x, f in zip(
+        rng.uniform(10, shape[0] - 10, n), rng.uniform(10, shape[1] - 10, n), rng.uniform(1, 20, n), strict=True
+    ):
         image += f * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * sigma**2))
     return image
 
@@ -73,7 +75,14 @@ def test_benchmark_summary_sums_jobs_and_takes_the_largest_memory():
     ]
     summary = qa_plots.benchmark_summary(records)
     assert [r["rule"] for r in summary] == ["drizzle_tile", "gather_tiles"]
-    assert summary[0] == {"rule": "drizzle_tile", "jobs": 2, "wall_s": 15.0, "max_wall_s": 10.5, "cpu_s": 13.0, "max_rss_mb": 700.0}
+    assert summary[0] == {
+        "rule": "drizzle_tile",
+        "jobs": 2,
+        "wall_s": 15.0,
+        "max_wall_s": 10.5,
+        "cpu_s": 13.0,
+        "max_rss_mb": 700.0,
+    }
     assert summary[1]["max_rss_mb"] == 0.0 and summary[1]["jobs"] == 1
 
 
@@ -115,7 +124,9 @@ def test_composite_puts_bands_of_integer_scale_ratios_on_the_coarsest_grid(tmp_p
     fine = star_field((160, 180))
     coarse = qa_plots.block_average(fine, 2)
     a = write_mosaic(tmp_path / "T_F200W_i2d.fits", fine, wcs_header(fine.shape), "F200W")
-    b = write_mosaic(tmp_path / "T_F444W_i2d.fits", coarse, wcs_header(coarse.shape, scale_arcsec=2 * PIXEL_ARCSEC), "F444W")
+    b = write_mosaic(
+        tmp_path / "T_F444W_i2d.fits", coarse, wcs_header(coarse.shape, scale_arcsec=2 * PIXEL_ARCSEC), "F444W"
+    )
     images, _ = qa_plots.common_grid_images([b, a, a], max_side=1000)
     assert images[0].shape == images[1].shape == (80, 90)
     assert np.allclose(images[0], images[1], rtol=1e-5)
