@@ -142,6 +142,7 @@ rule report_copy_figure:
         ),
     params:
         script=script_path("qa_plots.py"),
+        caption=section_caption("figure"),
     log:
         "logs/report_copy_figure/{target}/{figure}.log",
     resources:
@@ -168,6 +169,7 @@ rule report_table:
     params:
         script=script_path("qa_plots.py"),
         command=table_command,
+        caption=section_caption("table"),
     log:
         "logs/report_table/{target}/{table}.log",
     resources:

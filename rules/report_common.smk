@@ -98,6 +98,10 @@ def step_figures(target):
             f"results/{target}/align_absolute/{instrument}_{band}_scatter.png", "astrometry_absolute.rst", "astrometry")
     if anchored_filters(target):
         figures["anchoring_fit"] = (f"results/{target}/anchored/{target}_anchoring.png", "anchoring.rst", "anchoring")
+    for name, (fmt, caption, section) in OPTIONAL_FIGURES.items():
+        path = fmt.format(target=target)
+        if rule_produces(path):
+            figures[name] = (path, caption, section)
     return figures  # fmt: skip
 
 
@@ -106,9 +110,14 @@ def rule_produces(path):
     return any(rule.is_producer(path) for rule in workflow.rules if not rule.name.startswith("report_"))
 
 
-# Tables of steps added later (issues 7, 10, 11), shown when some rule makes them;
-# {name: (path with {target}, caption, section)}. A step's own figure can be listed in
-# step_figures the same way; a new section needs only a line here and a caption.
+# Figures and tables of steps added later (issues 7, 10, 11), shown when some rule makes them:
+# {name: (path with {target}, caption file in report/, section)}. The paths are placeholders
+# until those steps exist; a new section needs only a line here and a caption.
+OPTIONAL_FIGURES = {
+    "psf_kernels": ("results/psf/{target}_kernels.png", "psf_kernels.rst", "psf"),
+    "mci_plane": ("results/{target}/catalog/{target}_mci.png", "catalog.rst", "catalog"),
+    "association_maps": ("results/{target}/catalog/{target}_associations.png", "catalog.rst", "catalog"),
+}
 OPTIONAL_TABLES = {
     "psf_kernel_metrics": ("results/psf/{target}_kernel_metrics.ecsv", "psf_kernels.rst", "psf"),
     "depths": ("results/{target}/depth/{target}_depths.ecsv", "depths.rst", "depth"),
@@ -190,6 +199,17 @@ def target_report_products(target):
     if regress_pairs(target):
         products.append(f"{out}/regress/{target}_regress.html")
     return products
+
+
+def section_caption(kind):
+    """Params function: the caption text (report/<file>.rst) of a copied figure or table, which the
+    rule's caption template inserts (one rule serves several kinds of figure)."""
+
+    def caption(wildcards):
+        entry = (step_figures if kind == "figure" else step_tables)(wildcards.target)[getattr(wildcards, kind)]
+        return (Path(workflow.basedir) / "report" / entry[1]).read_text()
+
+    return caption
 
 
 def copied_figure(wildcards):
