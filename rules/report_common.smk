@@ -110,7 +110,7 @@ def rule_produces(path):
     return any(rule.is_producer(path) for rule in workflow.rules if not rule.name.startswith("report_"))
 
 
-# Figures and tables of steps added later (issues 7, 10, 11), shown when some rule makes them:
+# Figures and tables of steps added later (issues 7, 10, 11), shown when the workflow makes them;
 # {name: (path with {target}, caption file in report/, section)}. The paths are placeholders
 # until those steps exist; a new section needs only a line here and a caption.
 OPTIONAL_FIGURES = {
