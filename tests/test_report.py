@@ -11,10 +11,12 @@ tests/artifacts/report.png (and the test's temporary directory).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,11 +89,14 @@ def checked(result):
 
 @pytest.fixture(scope="module")
 def report_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("report")
+    # JWSTFLOW_REPORT_WORKDIR: reuse (and complete) the run in that directory instead of a new one
+    reuse = os.environ.get("JWSTFLOW_REPORT_WORKDIR")
+    workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("report")
     override = write_override(workdir / "override.yaml")
     start = time.time()
-    checked(run_snakemake(workdir, "--cores", "2", configfiles=[override]))
+    checked(run_snakemake(workdir, "--cores", "2", configfiles=[override], timeout=3600))
     release = workdir / "previous_release"
+    shutil.rmtree(release, ignore_errors=True)
     expected = make_previous_release(workdir, release)
     regress_cfg = workdir / "regress.yaml"
     regress_cfg.write_text(yaml.safe_dump({"regress": {"previous_release": str(release)}}))
