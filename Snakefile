@@ -20,9 +20,11 @@ include: "rules/mosaic.smk"
 include: "rules/psf.smk"
 include: "rules/finishing_common.smk"
 include: "rules/finishing.smk"
+include: "rules/report.smk"
 
 
 rule all:
     input:
         all_products,
+        report_products,
     default_target: True

@@ -210,6 +210,7 @@ def group_catalogs(exposures, groups, params, ra0, dec0):
 
     catalogs = {}
     det_params = params["detection"]
+    n_total, done = sum(len(m) for m in groups.values()), 0
     for key, members in groups.items():
         tables = []
         for i, exp in enumerate(members):
@@ -217,8 +218,11 @@ def group_catalogs(exposures, groups, params, ra0, dec0):
             cat = ac.catalog_model(model, det_params)
             model.close()
             usable = cat if params["use_extended"] else cat[cat["point_like"]]
+            done += 1
             log.info(
-                "%s: %d sources, %d point-like, %d used",
+                "measured %d/%d exposures: %s: %d sources, %d point-like, %d used",
+                done,
+                n_total,
                 exp.name,
                 len(cat),
                 int(np.sum(cat["point_like"])),

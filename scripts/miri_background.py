@@ -280,7 +280,7 @@ def run(science_paths, offfield_paths, out_dir, params, background_dir=None, rep
     pairing = pair_visits(sci_times, off_times, params)
     cache = {}
     report = {"filter": filter_name, "method": "off-field clipped median (PHANGS-JWST Sec. 3.2)", "science": []}
-    for rec in science:
+    for k, rec in enumerate(science, start=1):
         key = pairing[rec.name]
         if key not in cache:
             frames = [r for v in key for r in by_visit[v]]
@@ -316,7 +316,10 @@ def run(science_paths, offfield_paths, out_dir, params, background_dir=None, rep
                 params["max_time_gap_hours"],
             )
         lost = subtract_background(rec.path, Path(out_dir) / Path(rec.path).name, background, var_bkg, cfg_hash)
-        log.info("%s: subtracted the background of visit(s) %s (gap %.2f h)", rec.name, ",".join(key), gap_h)
+        log.info(
+            "%d/%d %s: subtracted the background of visit(s) %s (gap %.2f h)",
+            k, len(science), rec.name, ",".join(key), gap_h,
+        )  # fmt: skip
         if lost:
             log.warning("%s: %d pixels without background became DO_NOT_USE", rec.name, lost)
         report["science"].append(
