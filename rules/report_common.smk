@@ -98,10 +98,8 @@ def step_figures(target):
             f"results/{target}/align_absolute/{instrument}_{band}_scatter.png", "astrometry_absolute.rst", "astrometry")
     if anchored_filters(target):
         figures["anchoring_fit"] = (f"results/{target}/anchored/{target}_anchoring.png", "anchoring.rst", "anchoring")
-    for name, (fmt, caption, section) in OPTIONAL_FIGURES.items():
-        path = fmt.format(target=target)
-        if rule_produces(path):
-            figures[name] = (path, caption, section)
+    for name, path, caption, section in optional_products(OPTIONAL_FIGURES, target):
+        figures[name] = (path, caption, section)
     return figures  # fmt: skip
 
 
@@ -110,19 +108,36 @@ def rule_produces(path):
     return any(rule.is_producer(path) for rule in workflow.rules if not rule.name.startswith("report_"))
 
 
-# Figures and tables of steps added later (issues 7, 10, 11), shown when the workflow makes them;
-# {name: (path with {target}, caption file in report/, section)}. The paths are placeholders
-# until those steps exist; a new section needs only a line here and a caption.
+# Figures and tables of the later steps (PSF matching, deep-field finishing, catalogs), shown
+# when the workflow makes them for the target: {name: (path with {target} and optionally
+# {filter}, caption file in report/, section)}; a {filter} entry gives one item per band.
 OPTIONAL_FIGURES = {
-    "psf_kernels": ("results/psf/{target}_kernels.png", "psf_kernels.rst", "psf"),
-    "mci_plane": ("results/{target}/catalog/{target}_mci.png", "catalog.rst", "catalog"),
-    "association_maps": ("results/{target}/catalog/{target}_associations.png", "catalog.rst", "catalog"),
+    "psf_gaussian_search": ("results/psf/search/{filter}_gaussian_search.png", "psf_kernels.rst", "psf"),
+    "noise_vs_smoothing": ("results/{target}/matched/qa/{target}_{filter}_noise_curve.png", "psf_noise.rst", "noise"),
+    "background": ("results/{target}/background/qa/{target}_{filter}_background.png", "background.rst", "depth"),
+    "depth": ("results/{target}/depth/{target}_{filter}_depth.png", "depths.rst", "depth"),
+    "mci_plane": ("results/{target}/catalogs/qa/{target}_mci_plane.png", "catalog.rst", "catalog"),
+    "association_maps": ("results/{target}/catalogs/qa/{target}_associations.png", "catalog.rst", "catalog"),
 }
 OPTIONAL_TABLES = {
-    "psf_kernel_metrics": ("results/psf/{target}_kernel_metrics.ecsv", "psf_kernels.rst", "psf"),
-    "depths": ("results/{target}/depth/{target}_depths.ecsv", "depths.rst", "depth"),
-    "catalog_summary": ("results/{target}/catalog/{target}_catalog_summary.ecsv", "catalog.rst", "catalog"),
+    "psf_fwhm": ("results/psf/psf_fwhm.ecsv", "psf_kernels.rst", "psf"),
+    "psf_gaussian_targets": ("results/psf/gaussian_targets.ecsv", "psf_kernels.rst", "psf"),
+    "depth": ("results/{target}/depth/{target}_{filter}_depth.ecsv", "depths.rst", "depth"),
+    "cluster_candidates": ("results/{target}/catalogs/{target}_candidates.ecsv", "catalog.rst", "catalog"),
 }
+
+
+def optional_products(entries, target):
+    """(name, path, caption, section) of the entries some rule makes for the target, per band
+    where the path has {filter}; a PSF table is shown only where the target's bands are PSF-matched."""
+    for name, (fmt, caption, section) in entries.items():
+        bands = filters_of(target) if "{filter}" in fmt else [None]
+        for band in bands:
+            path = fmt.format(target=target, filter=band)
+            if section == "psf" and not psf_products(target):
+                continue
+            if rule_produces(path):
+                yield (f"{name}_{band}" if band else name), path, caption, section
 
 
 def step_tables(target):
@@ -138,10 +153,8 @@ def step_tables(target):
             "astrometry_table.rst", "astrometry")
     if anchored_filters(target):
         tables["anchoring_fit"] = ([f"results/{target}/anchored/{target}_anchoring.ecsv"], "anchoring_table.rst", "anchoring")
-    for name, (fmt, caption, section) in OPTIONAL_TABLES.items():
-        path = fmt.format(target=target)
-        if rule_produces(path):
-            tables[name] = ([path], caption, section)
+    for name, path, caption, section in optional_products(OPTIONAL_TABLES, target):
+        tables[name] = ([path], caption, section)
     return tables  # fmt: skip
 
 

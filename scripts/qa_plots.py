@@ -34,7 +34,6 @@ import argparse
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -655,9 +654,6 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--table", required=True)
     p.add_argument("--html", help="the table as an HTML page")
-    p = sub.add_parser("copy", help="copy a figure already made by a step into the report folder")
-    p.add_argument("input")
-    p.add_argument("out")
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
     if args.command == "quicklook":
@@ -683,11 +679,6 @@ def main(argv=None):
                 f"no benchmark .tsv files of {args.target or 'any target'} under {args.benchmarks}"
             )
         benchmark_figure(files, args.out, args.table, Path(args.benchmarks), args.html)
-    elif args.command == "copy":
-        if not Path(args.input).exists():
-            raise wfutils.InputError(f"{args.input}: file does not exist")
-        with wfutils.atomic_output(args.out) as tmp:
-            shutil.copyfile(args.input, tmp)
 
 
 if __name__ == "__main__":
