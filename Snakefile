@@ -16,6 +16,7 @@ include: "rules/exposure.smk"
 include: "rules/astrometry.smk"
 include: "rules/tile.smk"
 include: "rules/mosaic.smk"
+include: "rules/catalogs.smk"
 
 
 rule all:

@@ -354,7 +354,7 @@ def anchoring_references(target):
 
 
 def all_products(wildcards=None):
-    """Final products: mosaics per target and filter, and truth for simulated targets."""
+    """Final products: mosaics per target and filter, truth for simulated targets, catalogs for galaxies."""
     products = []
     for target in SELECTED.index:
         for filt in filters_of(target):
@@ -363,6 +363,7 @@ def all_products(wildcards=None):
                 products.append(truth_mosaic_path(target, filt))
         if is_simulated(target):
             products.append(f"results/{target}/truth/{target}_exposures_truth.ecsv")
+        products += catalog_products(target)  # rules/catalogs.smk
     return products
 
 

@@ -110,7 +110,7 @@ def photometry(images: dict, library: cc.ProfileLibrary, sources, zps: dict, par
 
     x, y = np.asarray(sources["x"], float), np.asarray(sources["y"], float)
     table = Table()
-    for col in ("id", "x", "y", "origin"):
+    for col in ("id", "x", "y", "origin", "sharpness", "qfit", "ps_id"):
         if col in sources.colnames:
             table[col] = sources[col]
     sci, err = images[cc.V_BAND]

@@ -203,16 +203,18 @@ def merged_sources(points, detections, params, from_dolphot: bool):
     if not from_dolphot:
         origin[~np.asarray(points["psf_ok"], bool)] = "dao"
     sharp = np.asarray(points["sharpness"], float)
+    qfit = np.asarray(points["qfit"], float)
     if from_dolphot and len(detections):
         dx, dy = np.asarray(detections["x_centroid"], float), np.asarray(detections["y_centroid"], float)
         unmatched = match_nearest(dx, dy, x, y, params["match_radius_px"]) < 0
         x, y = np.concatenate([x, dx[unmatched]]), np.concatenate([y, dy[unmatched]])
         origin = np.concatenate([origin, np.full(int(unmatched.sum()), "dao", dtype="<U7")])
         sharp = np.concatenate([sharp, np.asarray(detections["sharpness"], float)[unmatched]])
+        qfit = np.concatenate([qfit, np.full(int(unmatched.sum()), np.nan)])
         log.info("merged %d DOLPHOT sources and %d DAOStarFinder-only detections", len(points), int(unmatched.sum()))
     table = Table()
     table["id"] = np.arange(1, len(x) + 1)
-    table["x"], table["y"], table["origin"], table["dao_sharpness"] = x, y, origin, sharp
+    table["x"], table["y"], table["origin"], table["sharpness"], table["qfit"] = x, y, origin, sharp, qfit
     table["ps_id"] = np.concatenate([np.arange(1, len(points) + 1), np.zeros(len(x) - len(points), int)])
     return table
 

@@ -9,7 +9,8 @@ sky-subtracted. The images contain
 - compact **clusters**: Moffat/EFF profiles Sigma(r) ~ (1 + (r/a)^2)^-slope of intrinsic
   FWHM ``fwhm_px`` and power-law slope ``slope`` (Thilker et al. 2022 grid: 0.5-7 px,
   0.75-4), truncated at their stamp edge and convolved with the PSF, with colours from
-  young (1 Myr) to old (10 Gyr) populations;
+  young (1 Myr) to old (10 Gyr) populations; FWHM = 2 r_eff with log-normal effective radii
+  (``reff_pc``: median pc, dex) at the target's distance, clipped to the grid range;
 - stellar **associations**: groups of young blue stars whose members are spread as a
   Gaussian of FWHM ``spread`` x the scale (8, 16, 32, 64 pc by default, converted with the
   target's distance);
@@ -132,7 +133,10 @@ def draw_population(cfg: dict, shape, distance_mpc: float, seed_text: str):
 
     cl = cfg["clusters"]
     n = int(cl["count"])
-    fwhm = np.exp(rng.uniform(*np.log(cl["fwhm_px"]), n))
+    # sizes: log-normal effective radii in pc (Ryon et al. 2017: r_eff ~ 1-10 pc, peak 2-3 pc) at the
+    # target's distance, FWHM ~ 2 r_eff, kept inside the Thilker et al. grid range
+    reff_px = 10 ** rng.normal(math.log10(cl["reff_pc"][0]), cl["reff_pc"][1], n) / pc_px
+    fwhm = np.clip(2.0 * reff_px, *cl["fwhm_px"])
     slope = rng.uniform(*cl["slope"], n)
     age = rng.uniform(*cl["log_age"], n)
     mags = power_law_mags(rng, n, *cl["mag_v"], cl["lf_slope"])
