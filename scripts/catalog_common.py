@@ -302,8 +302,9 @@ def aperture_fluxes(sci, err, x, y, radii, annulus=(7.0, 8.0), sigma_clip=3.0, m
 
     Returns a dict: ``flux`` and ``flux_err`` (n_sources x n_radii), ``bkg`` (per-pixel
     background, sigma-clipped median of the annulus), ``bkg_std`` and ``n_bkg``. The error
-    combines the ERR map inside the aperture and the error of the background level
-    (annulus standard deviation / sqrt(n_bkg) times the aperture area).
+    combines the ERR map inside the aperture and the error of the background level (the
+    annulus standard deviation x sqrt(pi / 2 / n_bkg), the error of a median, times the
+    aperture area).
     """
     from astropy.stats import SigmaClip
     from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture, aperture_photometry
@@ -332,7 +333,8 @@ def aperture_fluxes(sci, err, x, y, radii, annulus=(7.0, 8.0), sigma_clip=3.0, m
         raw = np.asarray(phot[f"aperture_sum_{j}"], dtype=float)
         raw_err = np.asarray(phot[f"aperture_sum_err_{j}"], dtype=float)
         out["flux"][:, j] = raw - bkg * area
-        out["flux_err"][:, j] = np.sqrt(raw_err**2 + (area * bkg_std) ** 2 / n_bkg)
+        # the background is a median: its variance is pi/2 that of a mean of n_bkg pixels
+        out["flux_err"][:, j] = np.sqrt(raw_err**2 + (math.pi / 2) * (area * bkg_std) ** 2 / n_bkg)
         empty = np.asarray(area) < 0.5 * math.pi * radii[j] ** 2
         out["flux"][empty, j] = np.nan
         out["flux_err"][empty, j] = np.nan

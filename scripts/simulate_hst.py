@@ -308,7 +308,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
     text = args.sim
-    if Path(text).exists():
+    if not text.lstrip().startswith("{"):
+        if not Path(text).exists():
+            raise wfutils.InputError(f"--sim {text}: neither JSON nor an existing file")
         import yaml
 
         text = json.dumps(yaml.safe_load(Path(text).read_text()))
