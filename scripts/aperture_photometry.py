@@ -66,8 +66,15 @@ def fiducial_ci_and_correction(library: cc.ProfileLibrary, radius: float, annulu
 
 def curve_of_growth_correction(sci, err, x, y, params):
     """Per-source m(4 px) - m(apcor_radius) with a wider background annulus (NaN where undefined)."""
-    res = cc.aperture_fluxes(sci, err, x, y, [params["radius_px"], params["apcor_radius_px"]],
-                             params["apcor_annulus_px"], params["sigma_clip"])  # fmt: skip
+    res = cc.aperture_fluxes(
+        sci,
+        err,
+        x,
+        y,
+        [params["radius_px"], params["apcor_radius_px"]],
+        params["apcor_annulus_px"],
+        params["sigma_clip"],
+    )
     f4, fbig = res["flux"][:, 0], res["flux"][:, 1]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where((f4 > 0) & (fbig > 0), -2.5 * np.log10(f4 / fbig), np.nan)
@@ -87,20 +94,33 @@ def v_band_correction(sci, err, x, y, flux1, flux3, flux4, err4, ci_fid, apcor_f
         dist, _ = cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)
         neighbour = dist[:, 1]
     lo, hi = params["apcor_ci_window"]
-    use = (snr >= params["apcor_snr_min"]) & (neighbour > params["apcor_isolation_px"]) & (ci - ci_fid >= lo) & (
-        ci - ci_fid <= hi)  # fmt: skip
+    use = (
+        (snr >= params["apcor_snr_min"])
+        & (neighbour > params["apcor_isolation_px"])
+        & (ci - ci_fid >= lo)
+        & (ci - ci_fid <= hi)
+    )
     use &= np.isfinite(ci)
     if use.sum() < params["apcor_min_sources"]:
-        log.warning("only %d bright isolated cluster-like sources: V aperture correction of the fiducial cluster "
-                    "(%.3f mag) used", int(use.sum()), apcor_fid)  # fmt: skip
+        log.warning(
+            "only %d bright isolated cluster-like sources: V aperture correction of the fiducial cluster "
+            "(%.3f mag) used",
+            int(use.sum()),
+            apcor_fid,
+        )
         return apcor_fid, int(use.sum()), use
     corr = curve_of_growth_correction(sci, err, x[use], y[use], params)
     corr = corr[np.isfinite(corr)]
     if corr.size < params["apcor_min_sources"]:
         return apcor_fid, int(corr.size), use
     mean, median, std = sigma_clipped_stats(corr, sigma=2.5)
-    log.info("V aperture correction %.3f mag (median %.3f, std %.3f) from %d bright isolated clusters",
-             mean, median, std, corr.size)  # fmt: skip
+    log.info(
+        "V aperture correction %.3f mag (median %.3f, std %.3f) from %d bright isolated clusters",
+        mean,
+        median,
+        std,
+        corr.size,
+    )
     return float(mean), int(corr.size), use
 
 
@@ -117,8 +137,19 @@ def photometry(images: dict, library: cc.ProfileLibrary, sources, zps: dict, par
     radius = float(params["radius_px"])
     v = cc.aperture_fluxes(sci, err, x, y, [1.0, 3.0, radius], params["annulus_px"], params["sigma_clip"])
     ci_fid, apcor_fid = fiducial_ci_and_correction(library, radius, params["annulus_px"])
-    apcor_v, n_apcor, used = v_band_correction(sci, err, x, y, v["flux"][:, 0], v["flux"][:, 1], v["flux"][:, 2],
-                                               v["flux_err"][:, 2], ci_fid, apcor_fid, params)  # fmt: skip
+    apcor_v, n_apcor, used = v_band_correction(
+        sci,
+        err,
+        x,
+        y,
+        v["flux"][:, 0],
+        v["flux"][:, 1],
+        v["flux"][:, 2],
+        v["flux_err"][:, 2],
+        ci_fid,
+        apcor_fid,
+        params,
+    )
     offsets = params["ee_offsets_mag"]
     if offsets == "from_psf":
         v_psf = psf_correction(library, cc.V_BAND, radius)
@@ -126,8 +157,11 @@ def photometry(images: dict, library: cc.ProfileLibrary, sources, zps: dict, par
     table["apcor_source"] = used
     table.meta["apcor"] = {}
     for band, (bsci, berr) in images.items():
-        res = v if band == cc.V_BAND else cc.aperture_fluxes(bsci, berr, x, y, [radius], params["annulus_px"],
-                                                             params["sigma_clip"])  # fmt: skip
+        res = (
+            v
+            if band == cc.V_BAND
+            else cc.aperture_fluxes(bsci, berr, x, y, [radius], params["annulus_px"], params["sigma_clip"])
+        )
         j = -1
         flux, flux_err = res["flux"][:, j], res["flux_err"][:, j]
         zp_ab = zps[band]["ab"]
@@ -146,8 +180,15 @@ def photometry(images: dict, library: cc.ProfileLibrary, sources, zps: dict, par
         table[f"mag_tot_vega_{band}"] = table[f"mag_vega_{band}"] - apcor
         table.meta["apcor"][band] = round(apcor, 4)
         table.meta[f"zp_ab_{band}"] = round(zp_ab, 4)
-    table.meta.update({"apcor_v_sources": n_apcor, "apcor_fiducial": round(apcor_fid, 4), "ci13_fiducial": round(ci_fid, 4),
-                       "radius_px": radius, "annulus_px": list(params["annulus_px"])})  # fmt: skip
+    table.meta.update(
+        {
+            "apcor_v_sources": n_apcor,
+            "apcor_fiducial": round(apcor_fid, 4),
+            "ci13_fiducial": round(ci_fid, 4),
+            "radius_px": radius,
+            "annulus_px": list(params["annulus_px"]),
+        }
+    )
     return table
 
 

@@ -55,8 +55,9 @@ def filtered_map(points: np.ndarray, fwhm_px: float, highpass_factor: float) -> 
     from scipy.ndimage import gaussian_filter
 
     sigma = fwhm_px / 2.3548
-    return gaussian_filter(points, sigma, mode="constant") - gaussian_filter(points, highpass_factor * sigma,
-                                                                            mode="constant")  # fmt: skip
+    return gaussian_filter(points, sigma, mode="constant") - gaussian_filter(
+        points, highpass_factor * sigma, mode="constant"
+    )
 
 
 def single_source_levels(fwhm_px: float, highpass_factor: float) -> tuple[float, float]:
@@ -87,8 +88,9 @@ def segment(points: np.ndarray, fwhm_px: float, params: dict):
     filt = filtered_map(points, fwhm_px, params["highpass_factor"])
     peak1, edge1 = single_source_levels(fwhm_px, params["highpass_factor"])
     threshold = params["peak_factor"] * peak1
-    peaks = peak_local_max(filt, min_distance=max(1, int(round(fwhm_px / 2))), threshold_abs=threshold,
-                           exclude_border=False)  # fmt: skip
+    peaks = peak_local_max(
+        filt, min_distance=max(1, int(round(fwhm_px / 2))), threshold_abs=threshold, exclude_border=False
+    )
     markers = np.zeros(points.shape, np.int32)
     markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1)
     mask = filt > edge1
@@ -125,9 +127,15 @@ def region_properties(labels, filt, v_image, images: dict, zps: dict, members_x,
         order = np.argsort(r)
         cum = np.cumsum(flux[order])
         reff = float(r[order][np.searchsorted(cum, 0.5 * cum[-1])]) if cum[-1] > 0 else math.nan
-        row = {"region_id": k + 1, "x": float(cx[k]), "y": float(cy[k]), "area_px": float(area[k]),
-               "radius_eq_pc": math.sqrt(area[k] / math.pi) * pc_px, "reff_pc": reff * pc_px,
-               "n_points": int(n_members[k])}  # fmt: skip
+        row = {
+            "region_id": k + 1,
+            "x": float(cx[k]),
+            "y": float(cy[k]),
+            "area_px": float(area[k]),
+            "radius_eq_pc": math.sqrt(area[k] / math.pi) * pc_px,
+            "reff_pc": reff * pc_px,
+            "n_points": int(n_members[k]),
+        }
         for band in images:
             row[f"flux_{band}"] = float(sums[band][k])
             row[f"flux_err_{band}"] = float(errs[band][k])
@@ -202,8 +210,13 @@ def run(points_path, image_paths: dict, distance_mpc, params, output, masks_path
     use = quality_mask(points, params)
     px, py = np.asarray(points["x"], float)[use], np.asarray(points["y"], float)[use]
     pmap = point_map(px, py, shape)
-    log.info("%d of %d point sources pass the cuts; %.3f pc per pixel at %.2f Mpc", int(use.sum()), len(points), pc_px,
-             distance_mpc)  # fmt: skip
+    log.info(
+        "%d of %d point sources pass the cuts; %.3f pc per pixel at %.2f Mpc",
+        int(use.sum()),
+        len(points),
+        pc_px,
+        distance_mpc,
+    )
     tables, masks = [], {}
     hdus = [fits.PrimaryHDU()]
     wcs_header = wcs.to_header()
@@ -223,8 +236,13 @@ def run(points_path, image_paths: dict, distance_mpc, params, output, masks_path
         hdu.header["PEAKTHR"], hdu.header["EDGETHR"] = (peak_thr, "marker threshold"), (edge_thr, "mask threshold")
         hdus.append(hdu)
         median = float(np.median(2 * np.asarray(table["radius_eq_pc"]))) if rows else math.nan
-        log.info("%g pc (FWHM %.1f px): %d associations, median equivalent diameter %.1f pc", scale, fwhm_px, len(rows),
-                 median)  # fmt: skip
+        log.info(
+            "%g pc (FWHM %.1f px): %d associations, median equivalent diameter %.1f pc",
+            scale,
+            fwhm_px,
+            len(rows),
+            median,
+        )
     table = vstack([t for t in tables if len(t)]) if any(len(t) for t in tables) else Table()
     table.meta.update({"distance_mpc": distance_mpc, "pc_per_pixel": pc_px, "band": params["band"]})
     inputs = [points_path, *image_paths.values()]
@@ -240,8 +258,10 @@ def run(points_path, image_paths: dict, distance_mpc, params, output, masks_path
         for i, t in enumerate(tables):
             for row in t if len(t) else []:
                 r_px = row["radius_eq_pc"] / pc_px
-                text.append(f"circle({row['x'] + 1:.2f},{row['y'] + 1:.2f},{r_px:.2f}) # color={colours[i % 6]} "
-                            f"text={{{row['scale_pc']:g}pc-{row['region_id']}}}")  # fmt: skip
+                text.append(
+                    f"circle({row['x'] + 1:.2f},{row['y'] + 1:.2f},{r_px:.2f}) # color={colours[i % 6]} "
+                    f"text={{{row['scale_pc']:g}pc-{row['region_id']}}}"
+                )
         wfutils.write_text("\n".join(text) + "\n", ds9)
     if qa_png:
         qa_plot(qa_png, images[cc.V_BAND][0], masks, f"stellar associations ({params['band']} point sources)")

@@ -90,8 +90,11 @@ def write_ds9(path, x, y, radius_px, color="green", labels=None, header="") -> N
 def zeropoints(header) -> dict:
     """AB zero point (mag of 1 e-/s) from PHOTFLAM [erg/s/cm2/A per e-/s] and PHOTPLAM [A] (STScI recipe)."""
     photflam, photplam = float(header["PHOTFLAM"]), float(header["PHOTPLAM"])
-    return {"ab": -2.5 * math.log10(photflam) - 5.0 * math.log10(photplam) - 2.408, "photflam": photflam,
-            "photplam": photplam}  # fmt: skip
+    return {
+        "ab": -2.5 * math.log10(photflam) - 5.0 * math.log10(photplam) - 2.408,
+        "photflam": photflam,
+        "photplam": photplam,
+    }
 
 
 def read_drc(path, band=None):
@@ -158,7 +161,7 @@ def pc_per_pixel(distance_mpc: float, pixscale_arcsec: float) -> float:
 
 # --------------------------------------------------------------------------- PSF and cluster models
 def psf_profile(r2, fwhm_px: float, wing_fraction: float, wing_width: float):
-    """Analytic HST-like PSF at squared radius ``r2`` (px^2): Gaussian core plus a broad Gaussian wing, unit integral."""
+    """Analytic HST-like PSF at squared radius ``r2`` (px^2): Gaussian core plus broad Gaussian wing, unit sum."""
     out = np.zeros_like(r2, dtype=float)
     for weight, width in ((1.0 - wing_fraction, 1.0), (wing_fraction, wing_width)):
         sigma = fwhm_px * width / 2.3548
@@ -219,7 +222,11 @@ class ProfileLibrary:
 
     def fine_model(self, band: str, fwhm_px: float | None = None, slope: float | None = None):
         """Fine-grid model (unit sum) and its half size in pixels; ``fwhm_px`` None is a point source."""
-        key = (band, None if fwhm_px is None else round(float(fwhm_px), 5), None if slope is None else round(float(slope), 5))
+        key = (
+            band,
+            None if fwhm_px is None else round(float(fwhm_px), 5),
+            None if slope is None else round(float(slope), 5),
+        )
         if key in self._cache:
             return self._cache[key]
         from scipy.signal import fftconvolve

@@ -89,7 +89,8 @@ def jwst_ci(path, hst_wcs, x, y, params):
     from astropy.wcs.utils import proj_plane_pixel_scales
 
     ratio = params["jwst_pixel_scale_ratio"] or float(
-        np.mean(proj_plane_pixel_scales(hst_wcs)) / np.mean(proj_plane_pixel_scales(wcs)))  # fmt: skip
+        np.mean(proj_plane_pixel_scales(hst_wcs)) / np.mean(proj_plane_pixel_scales(wcs))
+    )
     ra, dec = hst_wcs.pixel_to_world_values(x, y)
     jx, jy = wcs.world_to_pixel_values(ra, dec)
     ny, nx = sci.shape
@@ -97,7 +98,9 @@ def jwst_ci(path, hst_wcs, x, y, params):
     out = np.full(len(x), np.nan)
     if inside.any():
         ann = [a * ratio for a in params["annulus_px"]]
-        res = cc.aperture_fluxes(sci, err, jx[inside], jy[inside], [1.0 * ratio, 3.0 * ratio], ann, params["sigma_clip"])
+        res = cc.aperture_fluxes(
+            sci, err, jx[inside], jy[inside], [1.0 * ratio, 3.0 * ratio], ann, params["sigma_clip"]
+        )
         with np.errstate(divide="ignore", invalid="ignore"):
             f1, f3 = res["flux"][:, 0], res["flux"][:, 1]
             out[inside] = np.where((f1 > 0) & (f3 > 0), -2.5 * np.log10(f1 / f3), np.nan)
@@ -138,8 +141,13 @@ def main(argv=None):
     if args.output.endswith(".ecsv"):
         cc.write_table(table, args.output[: -len(".ecsv")] + ".fits", inputs, "concentration")
     good = np.isfinite(res["mci_in"]) & np.isfinite(res["mci_out"])
-    log.info("%d sources: CI/MCI for %d (median MCI_in %.3f, MCI_out %.3f)", len(table), int(good.sum()),
-             float(np.nanmedian(res["mci_in"])), float(np.nanmedian(res["mci_out"])))  # fmt: skip
+    log.info(
+        "%d sources: CI/MCI for %d (median MCI_in %.3f, MCI_out %.3f)",
+        len(table),
+        int(good.sum()),
+        float(np.nanmedian(res["mci_in"])),
+        float(np.nanmedian(res["mci_out"])),
+    )
 
 
 if __name__ == "__main__":

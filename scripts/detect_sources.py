@@ -57,7 +57,8 @@ def smooth_background(sci: np.ndarray, box: int, filter_size: int, rms: bool = F
     with ``rms`` also the background noise map (sigma-clipped box standard deviations)."""
     from astropy.stats import SigmaClip
     from photutils.background import Background2D, MedianBackground
-    from photutils.segmentation import detect_threshold, detect_sources as segment
+    from photutils.segmentation import detect_sources as segment
+    from photutils.segmentation import detect_threshold
 
     good = np.isfinite(sci)
     data = np.where(good, sci, 0.0)
@@ -70,8 +71,15 @@ def smooth_background(sci: np.ndarray, box: int, filter_size: int, rms: bool = F
         mask |= binary_dilation(seg.data > 0, iterations=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bkg = Background2D(data, box, mask=mask, filter_size=filter_size, sigma_clip=SigmaClip(sigma=3.0),
-                           bkg_estimator=MedianBackground(), exclude_percentile=90)  # fmt: skip
+        bkg = Background2D(
+            data,
+            box,
+            mask=mask,
+            filter_size=filter_size,
+            sigma_clip=SigmaClip(sigma=3.0),
+            bkg_estimator=MedianBackground(),
+            exclude_percentile=90,
+        )
     if rms:
         return np.asarray(bkg.background), np.asarray(bkg.background_rms)
     return np.asarray(bkg.background)
@@ -87,9 +95,14 @@ def find_sources(data: np.ndarray, noise: np.ndarray, params: dict):
 
     good = np.isfinite(data) & np.isfinite(err)
     threshold = np.where(good, params["nsigma"] * np.nan_to_num(err, nan=np.nanmedian(err)), np.inf)
-    finder = DAOStarFinder(threshold=threshold, fwhm=params["fwhm_px"], sharpness_range=tuple(params["sharpness_range"]),
-                           roundness_range=tuple(params["roundness_range"]), exclude_border=True,
-                           min_separation=params["min_separation_px"])  # fmt: skip
+    finder = DAOStarFinder(
+        threshold=threshold,
+        fwhm=params["fwhm_px"],
+        sharpness_range=tuple(params["sharpness_range"]),
+        roundness_range=tuple(params["roundness_range"]),
+        exclude_border=True,
+        min_separation=params["min_separation_px"],
+    )
     table = finder(np.where(good, data, 0.0), mask=~good)
     if table is None:
         from astropy.table import Table
@@ -97,8 +110,12 @@ def find_sources(data: np.ndarray, noise: np.ndarray, params: dict):
         return Table(names=["x_centroid", "y_centroid", "sharpness", "roundness1", "roundness2", "flux"])
     ny, nx = data.shape
     b = params["border_px"]
-    keep = (table["x_centroid"] >= b) & (table["x_centroid"] < nx - b) & (table["y_centroid"] >= b) & (
-        table["y_centroid"] < ny - b)  # fmt: skip
+    keep = (
+        (table["x_centroid"] >= b)
+        & (table["x_centroid"] < nx - b)
+        & (table["y_centroid"] >= b)
+        & (table["y_centroid"] < ny - b)
+    )
     return table[keep]
 
 
@@ -117,8 +134,9 @@ def fit_psf(data, err, psf_model, x, y, fit_shape, fixed_positions=False, group_
     model.x_0.fixed = fixed_positions
     model.y_0.fixed = fixed_positions
     grouper = SourceGrouper(min_separation=group_separation) if group_separation > 0 else None
-    phot = PSFPhotometry(model, fit_shape, grouper=grouper, aperture_radius=3.0,
-                         xy_bounds=None if fixed_positions else max_shift)  # fmt: skip
+    phot = PSFPhotometry(
+        model, fit_shape, grouper=grouper, aperture_radius=3.0, xy_bounds=None if fixed_positions else max_shift
+    )
     good = np.isfinite(data) & np.isfinite(err) & (err > 0)
     init = Table({"x": np.asarray(x, float), "y": np.asarray(y, float)})
     with warnings.catch_warnings():
@@ -153,8 +171,16 @@ def point_source_catalog(images: dict, psfs: dict, detections, params: dict):
 
     sci, err = images[cc.V_BAND]
     fit_shape = int(params["fit_shape_px"])
-    v = fit_psf(sci, err, psfs[cc.V_BAND], detections["x_centroid"], detections["y_centroid"], fit_shape,
-                group_separation=params["group_separation_px"], max_shift=params["max_fit_shift_px"])  # fmt: skip
+    v = fit_psf(
+        sci,
+        err,
+        psfs[cc.V_BAND],
+        detections["x_centroid"],
+        detections["y_centroid"],
+        fit_shape,
+        group_separation=params["group_separation_px"],
+        max_shift=params["max_fit_shift_px"],
+    )
     shift = np.hypot(v["x"] - detections["x_centroid"], v["y"] - detections["y_centroid"])
     ok = np.isfinite(v["x"]) & np.isfinite(v["flux"]) & (shift <= params["max_fit_shift_px"])
     table = Table()
@@ -174,8 +200,12 @@ def point_source_catalog(images: dict, psfs: dict, detections, params: dict):
         table[f"flux_err_{band}"] = flux_err
         with np.errstate(divide="ignore", invalid="ignore"):
             table[f"snr_{band}"] = flux / flux_err
-        log.info("PSF photometry %s: %d sources, %d with S/N >= 5", band, len(table),
-                 int(np.sum(np.nan_to_num(table[f"snr_{band}"]) >= 5)))  # fmt: skip
+        log.info(
+            "PSF photometry %s: %d sources, %d with S/N >= 5",
+            band,
+            len(table),
+            int(np.sum(np.nan_to_num(table[f"snr_{band}"]) >= 5)),
+        )
     return table
 
 
@@ -186,7 +216,9 @@ def dolphot_catalog(path, bands):
     for band in bands:
         if f"flux_{band}" in table.colnames:
             with np.errstate(divide="ignore", invalid="ignore"):
-                table[f"snr_{band}"] = np.asarray(table[f"flux_{band}"], float) / np.asarray(table[f"flux_err_{band}"], float)
+                table[f"snr_{band}"] = np.asarray(table[f"flux_{band}"], float) / np.asarray(
+                    table[f"flux_err_{band}"], float
+                )
     if "qfit" not in table.colnames:
         table["qfit"] = np.nan
     table["psf_ok"] = True
@@ -224,11 +256,22 @@ def detect(images: dict, psfs: dict, params: dict, dolphot=None):
     sci, err = images[cc.V_BAND]
     bkg, noise = smooth_background(sci, int(params["bkg_box_px"]), int(params["bkg_filter_px"]), rms=True)
     noise = np.where(np.isfinite(err), np.minimum(noise, err), noise)  # never above the ERR map
-    sub = {band: (s - (bkg if band == cc.V_BAND else smooth_background(s, int(params["bkg_box_px"]),
-                                                                        int(params["bkg_filter_px"]))), e)
-           for band, (s, e) in images.items()}  # fmt: skip
+    sub = {
+        band: (
+            s
+            - (
+                bkg
+                if band == cc.V_BAND
+                else smooth_background(s, int(params["bkg_box_px"]), int(params["bkg_filter_px"]))
+            ),
+            e,
+        )
+        for band, (s, e) in images.items()
+    }
     detections = find_sources(sub[cc.V_BAND][0], noise, params)
-    log.info("DAOStarFinder (FWHM %.1f px, %.1f sigma): %d detections", params["fwhm_px"], params["nsigma"], len(detections))
+    log.info(
+        "DAOStarFinder (FWHM %.1f px, %.1f sigma): %d detections", params["fwhm_px"], params["nsigma"], len(detections)
+    )
     if dolphot is not None:
         points = dolphot_catalog(dolphot, list(images))
     else:

@@ -11,10 +11,10 @@ map as ``detect_sources.py``), a match within ``match_radius_px``, then aperture
 MCI at the detected position (``concentration.measure``). The MCIs of detected synthetic
 clusters with V S/N >= ``hist_snr_min`` form 2D histograms with bin sizes 0.01, 0.02 and 0.04;
 each model region is the set of bins holding at least ``min_count`` clusters after smoothing by
-``smooth_bins`` bins (holes filled): three nested selection regions, drawn as contours. The **stellar region** is the same kind of
-region (bin ``stellar_bin``, counts smoothed by one bin) above ``stellar_level`` x its peak for
-the point sources of the field: PSF-fitted sources with S/N >= ``hist_snr_min`` and
-``qfit <= stellar_qfit_max``.
+``smooth_bins`` bins (holes filled): three nested selection regions, drawn as contours. The
+**stellar region** is the same kind of region (bin ``stellar_bin``, counts smoothed by one bin)
+above ``stellar_level`` x its peak for the point sources of the field: PSF-fitted sources with
+S/N >= ``hist_snr_min`` and ``qfit <= stellar_qfit_max``.
 
     python scripts/inject_clusters.py --image V_drc.fits --psf V_psf.fits --catalog CAT.ecsv
         --distance-mpc D --output SYNTH.ecsv --regions REGIONS.fits [--qa-png QA.png]
@@ -103,8 +103,25 @@ def random_positions(rng, n, shape, border, min_sep):
 def inject_and_measure(sci, err, noise, bkg, library, zp_ab, mag_range, params, rng, n_total):
     """Insert and measure synthetic clusters batch by batch; returns a dict of columns."""
     grid = model_grid(params)
-    cols = {k: [] for k in ("batch", "x", "y", "fwhm_px", "slope", "mag_v_ab", "detected", "x_meas", "y_meas",
-                            "flux_F555W", "snr_F555W", "ci13", "mci_in", "mci_out")}  # fmt: skip
+    cols = {
+        k: []
+        for k in (
+            "batch",
+            "x",
+            "y",
+            "fwhm_px",
+            "slope",
+            "mag_v_ab",
+            "detected",
+            "x_meas",
+            "y_meas",
+            "flux_F555W",
+            "snr_F555W",
+            "ci13",
+            "mci_in",
+            "mci_out",
+        )
+    }
     det_params = {**detect_sources.DEFAULTS, **params["detection"]}
     ci_params = {**concentration.DEFAULTS, **params["concentration"]}
     radii = ci_params["radii_px"]
@@ -123,18 +140,35 @@ def inject_and_measure(sci, err, noise, bkg, library, zp_ab, mag_range, params, 
             stamp, _ = library.stamp(cc.V_BAND, int(px[k]), int(py[k]), fwhm, slope)
             cc.add_stamp(image, stamp, int(ix[k]), int(iy[k]), 10 ** (-0.4 * (mags[k] - zp_ab)))
         found = detect_sources.find_sources(image - bkg, noise, det_params)
-        idx = detect_sources.match_nearest(qx, qy, np.asarray(found["x_centroid"], float),
-                                           np.asarray(found["y_centroid"], float), params["match_radius_px"])  # fmt: skip
+        idx = detect_sources.match_nearest(
+            qx,
+            qy,
+            np.asarray(found["x_centroid"], float),
+            np.asarray(found["y_centroid"], float),
+            params["match_radius_px"],
+        )
         detected = idx >= 0
         xm = np.where(detected, np.asarray(found["x_centroid"], float)[np.maximum(idx, 0)], qx)
         ym = np.where(detected, np.asarray(found["y_centroid"], float)[np.maximum(idx, 0)], qy)
         res = concentration.measure(image, err, xm, ym, library, ci_params)
         flux4, err4 = res["fluxes"][:, j4], res["flux_errs"][:, j4]
         batch += 1
-        values = {"batch": np.full(len(x), batch), "x": qx, "y": qy, "fwhm_px": [m[0] for m in models],
-                  "slope": [m[1] for m in models], "mag_v_ab": mags, "detected": detected, "x_meas": xm, "y_meas": ym,
-                  "flux_F555W": flux4, "snr_F555W": flux4 / err4, "ci13": res["ci13"], "mci_in": res["mci_in"],
-                  "mci_out": res["mci_out"]}  # fmt: skip
+        values = {
+            "batch": np.full(len(x), batch),
+            "x": qx,
+            "y": qy,
+            "fwhm_px": [m[0] for m in models],
+            "slope": [m[1] for m in models],
+            "mag_v_ab": mags,
+            "detected": detected,
+            "x_meas": xm,
+            "y_meas": ym,
+            "flux_F555W": flux4,
+            "snr_F555W": flux4 / err4,
+            "ci13": res["ci13"],
+            "mci_in": res["mci_in"],
+            "mci_out": res["mci_out"],
+        }
         for key, value in values.items():
             cols[key].extend(np.asarray(value).tolist())
         log.info("batch %d: %d clusters inserted, %d detected", batch, len(x), int(detected.sum()))
@@ -148,8 +182,9 @@ def mci_histogram(mci_in, mci_out, bin_size, params):
     nx = int(round((hi_in - lo_in) / bin_size))
     ny = int(round((hi_out - lo_out) / bin_size))
     ok = np.isfinite(mci_in) & np.isfinite(mci_out)
-    hist, _, _ = np.histogram2d(mci_out[ok], mci_in[ok], bins=[ny, nx], range=[[lo_out, lo_out + ny * bin_size],
-                                                                               [lo_in, lo_in + nx * bin_size]])  # fmt: skip
+    hist, _, _ = np.histogram2d(
+        mci_out[ok], mci_in[ok], bins=[ny, nx], range=[[lo_out, lo_out + ny * bin_size], [lo_in, lo_in + nx * bin_size]]
+    )
     return hist, (lo_in, lo_out)
 
 
@@ -258,18 +293,24 @@ def run(image, psf, catalog_path, distance_mpc, params, seed, out, regions_path,
     zp_ab = cc.zeropoints(header)["ab"]
     library = cc.ProfileLibrary({cc.V_BAND: cc.read_psf_image(psf)})
     det_params = {**detect_sources.DEFAULTS, **params["detection"]}
-    bkg, noise = detect_sources.smooth_background(sci, int(det_params["bkg_box_px"]), int(det_params["bkg_filter_px"]),
-                                                  rms=True)  # fmt: skip
+    bkg, noise = detect_sources.smooth_background(
+        sci, int(det_params["bkg_box_px"]), int(det_params["bkg_filter_px"]), rms=True
+    )
     noise = np.where(np.isfinite(err), np.minimum(noise, err), noise)
     mag_range = magnitude_range(err, zp_ab, library, distance_mpc, params)
-    log.info("synthetic clusters: %d models, V %.2f-%.2f AB at %.2f Mpc", len(model_grid(params)), *mag_range,
-             distance_mpc)  # fmt: skip
+    log.info(
+        "synthetic clusters: %d models, V %.2f-%.2f AB at %.2f Mpc", len(model_grid(params)), *mag_range, distance_mpc
+    )
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     synth = inject_and_measure(sci, err, noise, bkg, library, zp_ab, mag_range, params, rng, int(params["n_clusters"]))
     elapsed = time.perf_counter() - t0
-    log.info("%d synthetic clusters in %.1f s (%.1f s per 1000)", len(synth["x"]), elapsed,
-             1000 * elapsed / max(len(synth["x"]), 1))  # fmt: skip
+    log.info(
+        "%d synthetic clusters in %.1f s (%.1f s per 1000)",
+        len(synth["x"]),
+        elapsed,
+        1000 * elapsed / max(len(synth["x"]), 1),
+    )
     use = synth["detected"] & (np.nan_to_num(synth["snr_F555W"]) >= params["hist_snr_min"])
     hdus = [fits.PrimaryHDU()]
 
@@ -284,28 +325,46 @@ def run(image, psf, catalog_path, distance_mpc, params, seed, out, regions_path,
     for b, min_count in zip(params["bin_sizes"], min_counts, strict=True):
         hist, origin = mci_histogram(synth["mci_in"][use], synth["mci_out"][use], b, params)
         region = model_region(hist, float(min_count), float(params["smooth_bins"]))
-        hdus += [image_hdu(hist.astype(np.int32), f"HIST_{b:g}", origin, b),
-                 image_hdu(region.astype(np.uint8), f"REGION_{b:g}", origin, b)]  # fmt: skip
+        hdus += [
+            image_hdu(hist.astype(np.int32), f"HIST_{b:g}", origin, b),
+            image_hdu(region.astype(np.uint8), f"REGION_{b:g}", origin, b),
+        ]
         regions[f"REGION_{b:g}"] = (region, origin, b)
-        log.info("model region, bin %.2f: %d bins, %.0f%% of the synthetic clusters inside", b, int(region.sum()),
-                 100 * in_region(region, origin, b, synth["mci_in"][use], synth["mci_out"][use]).mean())  # fmt: skip
+        log.info(
+            "model region, bin %.2f: %d bins, %.0f%% of the synthetic clusters inside",
+            b,
+            int(region.sum()),
+            100 * in_region(region, origin, b, synth["mci_in"][use], synth["mci_out"][use]).mean(),
+        )
     catalog = cc.read_table(catalog_path, ["mci_in", "mci_out", f"snr_{cc.V_BAND}"])
     points = point_source_mask(catalog, params)
     p_in, p_out = np.asarray(catalog["mci_in"], float)[points], np.asarray(catalog["mci_out"], float)[points]
     hist, origin = mci_histogram(p_in, p_out, params["stellar_bin"], params)
     stellar = stellar_region(hist, params["stellar_level"])
     regions["STELLAR"] = (stellar, origin, params["stellar_bin"])
-    hdus += [image_hdu(hist.astype(np.int32), "STELLAR_HIST", origin, params["stellar_bin"]),
-             image_hdu(stellar.astype(np.uint8), "STELLAR", origin, params["stellar_bin"])]  # fmt: skip
-    log.info("stellar region: %d point sources, %d bins, %.0f%% of them inside", len(p_in), int(stellar.sum()),
-             100 * in_region(stellar, origin, params["stellar_bin"], p_in, p_out).mean() if len(p_in) else 0)  # fmt: skip
+    hdus += [
+        image_hdu(hist.astype(np.int32), "STELLAR_HIST", origin, params["stellar_bin"]),
+        image_hdu(stellar.astype(np.uint8), "STELLAR", origin, params["stellar_bin"]),
+    ]
+    log.info(
+        "stellar region: %d point sources, %d bins, %.0f%% of them inside",
+        len(p_in),
+        int(stellar.sum()),
+        100 * in_region(stellar, origin, params["stellar_bin"], p_in, p_out).mean() if len(p_in) else 0,
+    )
     hdul = fits.HDUList(hdus)
     hdul[0].header["NSYNTH"] = (len(synth["x"]), "synthetic clusters inserted")
     hdul[0].header["SECPER1K"] = (round(1000 * elapsed / max(len(synth["x"]), 1), 3), "s per 1000 synthetic clusters")
     wfutils.write_hdulist(hdul, regions_path, [image, psf, catalog_path], None, "inject_clusters")
     table = Table(synth)
-    table.meta.update({"seconds": round(elapsed, 2), "seconds_per_1000": round(1000 * elapsed / max(len(table), 1), 3),
-                       "mag_range": [round(m, 3) for m in mag_range], "distance_mpc": distance_mpc})  # fmt: skip
+    table.meta.update(
+        {
+            "seconds": round(elapsed, 2),
+            "seconds_per_1000": round(1000 * elapsed / max(len(table), 1), 3),
+            "mag_range": [round(m, 3) for m in mag_range],
+            "distance_mpc": distance_mpc,
+        }
+    )
     cc.write_table(table, out, [image, psf, catalog_path], "inject_clusters")
     if qa_png:
         qa_plot(qa_png, synth, regions, p_in, p_out, f"synthetic clusters, {distance_mpc:.2f} Mpc")

@@ -78,7 +78,7 @@ def other_band_detections(table, params) -> np.ndarray:
 
 
 def select(table, regions: dict, distance_mpc: float, params: dict) -> dict:
-    """Boolean columns of the selection: basic, stellar, model, polygon, super_hd, candidate_model, candidate_polygon."""
+    """Columns of the selection: basic, in_stellar, in_model, in_polygon, super_hd, candidate_model/_polygon."""
     mci_in, mci_out = np.asarray(table["mci_in"], float), np.asarray(table["mci_out"], float)
     snr = np.nan_to_num(np.asarray(table[f"snr_{cc.V_BAND}"], float))
     n_other = other_band_detections(table, params)
@@ -122,8 +122,9 @@ def qa_plot(path, table, sel, regions, distance_mpc, params, title):
     c = sel["candidate_model"]
     ax.scatter(mci_in[c], mci_out[c], s=8, c="tab:blue", label=f"model-region candidates ({c.sum()})")
     p = sel["candidate_polygon"]
-    ax.scatter(mci_in[p], mci_out[p], s=22, facecolors="none", edgecolors="tab:orange",
-               label=f"polygon candidates ({p.sum()})")  # fmt: skip
+    ax.scatter(
+        mci_in[p], mci_out[p], s=22, facecolors="none", edgecolors="tab:orange", label=f"polygon candidates ({p.sum()})"
+    )
     for name, colour in (("REGION_0.01", "tab:cyan"), ("REGION_0.02", "tab:green"), ("REGION_0.04", "tab:purple")):
         if name in regions:
             inject_clusters.region_contour(ax, *regions[name], colors=colour, linewidths=1.0)
@@ -133,8 +134,7 @@ def qa_plot(path, table, sel, regions, distance_mpc, params, title):
     lo_in, hi_in = params["polygon_mci_in"]
     lower = polygon_lower_bound(distance_mpc, params["polygon_lower_bounds"])
     top = params["polygon_mci_out_max"]
-    ax.plot([lo_in, hi_in, hi_in, lo_in, lo_in], [lower, lower, top, top, lower], c="k", ls="--", lw=1,
-            label="polygon")  # fmt: skip
+    ax.plot([lo_in, hi_in, hi_in, lo_in, lo_in], [lower, lower, top, top, lower], c="k", ls="--", lw=1, label="polygon")
     ax.set(xlabel="MCI$_{in}$", ylabel="MCI$_{out}$", xlim=(-1.5, 1.2), ylim=(-3.5, 2.0), title=title)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -159,7 +159,9 @@ def main(argv=None):
     params = cc.parse_params(args.params, DEFAULTS)
     if not args.distance_mpc > 0:
         raise wfutils.InputError(f"--distance-mpc must be positive, not {args.distance_mpc}")
-    table = cc.read_table(args.catalog, ["x", "y", "mci_in", "mci_out", f"snr_{cc.V_BAND}", f"mag_tot_vega_{cc.V_BAND}"])
+    table = cc.read_table(
+        args.catalog, ["x", "y", "mci_in", "mci_out", f"snr_{cc.V_BAND}", f"mag_tot_vega_{cc.V_BAND}"]
+    )
     regions = inject_clusters.read_regions(args.regions)
     sel = select(table, regions, args.distance_mpc, params)
     for key, value in sel.items():
@@ -171,22 +173,39 @@ def main(argv=None):
         cc.write_table(out, path, inputs, "select_clusters")
         if path.endswith(".ecsv"):
             cc.write_table(out, path[: -len(".ecsv")] + ".fits", inputs, "select_clusters")
-    log.info("%d sources: %d pass S/N and bands, %d in the stellar region; %d model-region and %d polygon candidates "
-             "(%d super-HD)", len(table), int(sel["basic"].sum()), int((sel["basic"] & sel["in_stellar"]).sum()),
-             int(sel["candidate_model"].sum()), int(sel["candidate_polygon"].sum()), int(sel["super_hd"].sum()))  # fmt: skip
+    log.info(
+        "%d sources: %d pass S/N and bands, %d in the stellar region; %d model-region and %d polygon candidates "
+        "(%d super-HD)",
+        len(table),
+        int(sel["basic"].sum()),
+        int((sel["basic"] & sel["in_stellar"]).sum()),
+        int(sel["candidate_model"].sum()),
+        int(sel["candidate_polygon"].sum()),
+        int(sel["super_hd"].sum()),
+    )
     if args.ds9:
         model, poly = sel["candidate_model"], sel["candidate_polygon"] & ~sel["candidate_model"]
         x, y = np.asarray(table["x"], float), np.asarray(table["y"], float)
-        text = ["# Region file format: DS9 version 4.1", "# cluster candidates: green model region, orange polygon only",
-                "image"]  # fmt: skip
+        text = [
+            "# Region file format: DS9 version 4.1",
+            "# cluster candidates: green model region, orange polygon only",
+            "image",
+        ]
         ids = np.asarray(table["id"]) if "id" in table.colnames else np.arange(1, len(table) + 1)
         for mask, colour in ((model, "green"), (poly, "orange")):
             for xi, yi, i in zip(x[mask], y[mask], ids[mask], strict=True):
                 text.append(f"circle({xi + 1:.3f},{yi + 1:.3f},4.0) # color={colour} text={{{i}}}")
         wfutils.write_text("\n".join(text) + "\n", args.ds9)
     if args.qa_png:
-        qa_plot(args.qa_png, table, sel, regions, args.distance_mpc, params,
-                f"cluster candidates, {args.distance_mpc:.2f} Mpc")  # fmt: skip
+        qa_plot(
+            args.qa_png,
+            table,
+            sel,
+            regions,
+            args.distance_mpc,
+            params,
+            f"cluster candidates, {args.distance_mpc:.2f} Mpc",
+        )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,11 @@ def band_psf(cfg: dict) -> dict:
     """{band: {fwhm_px, wing_fraction, wing_width}} of the simulated PSFs."""
     scale = cfg["pixel_scale_arcsec"]
     return {
-        band: {"fwhm_px": spec["fwhm_arcsec"] / scale, "wing_fraction": spec.get("wing_fraction", cfg["psf_wing_fraction"]),
-               "wing_width": cfg["psf_wing_width"]}  # fmt: skip
+        band: {
+            "fwhm_px": spec["fwhm_arcsec"] / scale,
+            "wing_fraction": spec.get("wing_fraction", cfg["psf_wing_fraction"]),
+            "wing_width": cfg["psf_wing_width"],
+        }
         for band, spec in cfg["bands"].items()
     }
 
@@ -100,8 +103,16 @@ def place_associations(rng, cfg: dict, shape, pc_px: float):
                 continue
             placed.append((x, y, scale_px))
             n = int(rng.integers(spec["members"][0], spec["members"][1] + 1))
-            rows.append({"assoc_id": len(rows) + 1, "scale_pc": float(scale_pc), "x": x, "y": y, "n_members": n,
-                         "spread_fwhm_px": spec["spread"] * scale_px})  # fmt: skip
+            rows.append(
+                {
+                    "assoc_id": len(rows) + 1,
+                    "scale_pc": float(scale_pc),
+                    "x": x,
+                    "y": y,
+                    "n_members": n,
+                    "spread_fwhm_px": spec["spread"] * scale_px,
+                }
+            )
     return rows
 
 
@@ -115,10 +126,22 @@ def draw_population(cfg: dict, shape, distance_mpc: float, seed_text: str):
     colours = []
 
     def add(kind, x, y, mag, colour, fwhm=np.nan, slope=np.nan, age=np.nan, assoc=0, template=""):
-        for key, value in (("kind", kind), ("x", x), ("y", y), ("mag_v_ab", mag), ("fwhm_px", fwhm), ("slope", slope),
-                           ("log_age", age), ("assoc_id", assoc), ("template", template)):  # fmt: skip
-            cols[key].extend(np.broadcast_to(np.asarray(value, dtype=object if key in ("kind", "template") else float),
-                                             np.shape(x)).tolist())  # fmt: skip
+        for key, value in (
+            ("kind", kind),
+            ("x", x),
+            ("y", y),
+            ("mag_v_ab", mag),
+            ("fwhm_px", fwhm),
+            ("slope", slope),
+            ("log_age", age),
+            ("assoc_id", assoc),
+            ("template", template),
+        ):
+            cols[key].extend(
+                np.broadcast_to(
+                    np.asarray(value, dtype=object if key in ("kind", "template") else float), np.shape(x)
+                ).tolist()
+            )
         colours.append(np.atleast_2d(colour))
 
     stars = cfg["stars"]
@@ -141,8 +164,17 @@ def draw_population(cfg: dict, shape, distance_mpc: float, seed_text: str):
     age = rng.uniform(*cl["log_age"], n)
     mags = power_law_mags(rng, n, *cl["mag_v"], cl["lf_slope"])
     colour = cluster_colours(cfg, age, bands) + rng.normal(0, 0.05, (n, len(bands)))
-    add("cluster", rng.uniform(10, nx - 10, n), rng.uniform(10, ny - 10, n), mags, colour, fwhm, slope, age,
-        template="cluster")  # fmt: skip
+    add(
+        "cluster",
+        rng.uniform(10, nx - 10, n),
+        rng.uniform(10, ny - 10, n),
+        mags,
+        colour,
+        fwhm,
+        slope,
+        age,
+        template="cluster",
+    )
 
     assoc_rows = place_associations(rng, cfg, shape, pc_px)
     spec = cfg["associations"]
@@ -189,11 +221,20 @@ def render_band(cfg: dict, pop: dict, band: str, library: cc.ProfileLibrary, sha
     ap4 = np.zeros(len(flux))
     for i in range(len(flux)):
         is_cluster = pop["kind"][i] == "cluster"
-        stamp, _ = library.stamp(band, int(px[i]), int(py[i]), pop["fwhm_px"][i] if is_cluster else None,
-                                 pop["slope"][i] if is_cluster else None)  # fmt: skip
+        stamp, _ = library.stamp(
+            band,
+            int(px[i]),
+            int(py[i]),
+            pop["fwhm_px"][i] if is_cluster else None,
+            pop["slope"][i] if is_cluster else None,
+        )
         cc.add_stamp(image, stamp, int(ix[i]), int(iy[i]), float(flux[i]))
-        ap4[i] = flux[i] * cc.encircled_fraction(library.stamp(band, 0, 0, pop["fwhm_px"][i] if is_cluster else None,
-                                                               pop["slope"][i] if is_cluster else None)[0], 4.0)
+        ap4[i] = flux[i] * cc.encircled_fraction(
+            library.stamp(
+                band, 0, 0, pop["fwhm_px"][i] if is_cluster else None, pop["slope"][i] if is_cluster else None
+            )[0],
+            4.0,
+        )
     return image, flux, ap4
 
 
@@ -266,8 +307,14 @@ def simulate(cfg: dict, target: dict, out_dir, psf_dir, truth_path, assoc_path, 
         primary.header["FILTER"] = band
         primary.header["TARGNAME"] = name
         primary.header["DISTMPC"] = (distance, "distance used for physical scales (Mpc)")
-        hdul = fits.HDUList([primary, fits.ImageHDU(sci, header, name="SCI"), fits.ImageHDU(err, header, name="ERR"),
-                             fits.ImageHDU(wht, header, name="WHT")])  # fmt: skip
+        hdul = fits.HDUList(
+            [
+                primary,
+                fits.ImageHDU(sci, header, name="SCI"),
+                fits.ImageHDU(err, header, name="ERR"),
+                fits.ImageHDU(wht, header, name="WHT"),
+            ]
+        )
         path = Path(out_dir) / f"{name}_{band}_drc.fits"
         wfutils.write_hdulist(hdul, path, [], cfg_hash, "simulate_hst")
         psf = library.fine_psf(band)
@@ -275,18 +322,34 @@ def simulate(cfg: dict, target: dict, out_dir, psf_dir, truth_path, assoc_path, 
         ph["OVERSAMP"] = (library.os, "PSF samples per image pixel")
         ph["FWHMPX"] = (library.psf[band]["fwhm_px"], "core FWHM (image pixels)")
         ph["FILTER"] = band
-        wfutils.write_hdulist(fits.HDUList([fits.PrimaryHDU(psf.astype(np.float32), ph)]),
-                              Path(psf_dir) / f"{name}_{band}_psf.fits", [], cfg_hash, "simulate_hst")  # fmt: skip
+        wfutils.write_hdulist(
+            fits.HDUList([fits.PrimaryHDU(psf.astype(np.float32), ph)]),
+            Path(psf_dir) / f"{name}_{band}_psf.fits",
+            [],
+            cfg_hash,
+            "simulate_hst",
+        )
         outputs.append(path)
-        log.info("%s %s: %d sources rendered, sky %.4f e-/s, median ERR %.4f e-/s", name, band, len(flux),
-                 spec["sky_e_s"], float(np.median(err)))  # fmt: skip
+        log.info(
+            "%s %s: %d sources rendered, sky %.4f e-/s, median ERR %.4f e-/s",
+            name,
+            band,
+            len(flux),
+            spec["sky_e_s"],
+            float(np.median(err)),
+        )
     wcs = WCS(drc_header(cfg, target, cc.V_BAND, shape))
     ra, dec = wcs.pixel_to_world_values(truth["x"], truth["y"])
     truth["ra"], truth["dec"] = ra, dec
-    truth.meta.update({"distance_mpc": distance, "pc_per_pixel": pc_px, "pixel_scale_arcsec": cfg["pixel_scale_arcsec"]})
+    truth.meta.update(
+        {"distance_mpc": distance, "pc_per_pixel": pc_px, "pixel_scale_arcsec": cfg["pixel_scale_arcsec"]}
+    )
     cc.write_table(truth, truth_path, outputs, "simulate_hst")
-    assoc = Table(rows=assoc_rows, names=["assoc_id", "scale_pc", "x", "y", "n_members", "spread_fwhm_px"]) if assoc_rows \
-        else Table(names=["assoc_id", "scale_pc", "x", "y", "n_members", "spread_fwhm_px"])  # fmt: skip
+    assoc = (
+        Table(rows=assoc_rows, names=["assoc_id", "scale_pc", "x", "y", "n_members", "spread_fwhm_px"])
+        if assoc_rows
+        else Table(names=["assoc_id", "scale_pc", "x", "y", "n_members", "spread_fwhm_px"])
+    )
     assoc.meta.update({"distance_mpc": distance, "pc_per_pixel": pc_px})
     cc.write_table(assoc, assoc_path, outputs, "simulate_hst")
     counts = {k: int((truth["kind"] == k).sum()) for k in ("star", "cluster", "association_star")}
@@ -319,8 +382,9 @@ def main(argv=None):
         cfg["seed"] = args.seed
     if "seed" not in cfg:
         raise wfutils.InputError("--sim lacks `seed` (give --seed)")
-    simulate(cfg, json.loads(args.target), args.out_dir, args.psf_dir, args.truth, args.truth_associations,
-             args.config_hash)  # fmt: skip
+    simulate(
+        cfg, json.loads(args.target), args.out_dir, args.psf_dir, args.truth, args.truth_associations, args.config_hash
+    )
 
 
 if __name__ == "__main__":

@@ -97,8 +97,9 @@ def test_bad_inputs_fail_with_the_file_named(tmp_path):
     from astropy.io import fits
 
     path = tmp_path / "v_drc.fits"
-    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((8, 8)), name="SCI"),
-                  fits.ImageHDU(np.ones((8, 8)), name="ERR")]).writeto(path)  # fmt: skip
+    fits.HDUList(
+        [fits.PrimaryHDU(), fits.ImageHDU(np.zeros((8, 8)), name="SCI"), fits.ImageHDU(np.ones((8, 8)), name="ERR")]
+    ).writeto(path)
     with pytest.raises(wfutils.InputError, match="v_drc.fits.*PHOTFLAM"):
         cc.read_drc(path)
     with pytest.raises(wfutils.InputError, match="unknown parameter"):
@@ -137,16 +138,22 @@ def test_aperture_photometry_bias_and_error_normalised_scatter(metrics):
 
 
 @pytest.mark.workflow
-@pytest.mark.xfail(strict=True, reason="measured 0.878 selected (bench, 5000 synthetic clusters): crowded and "
-                   "centring-shifted clusters fall just outside the sparsely sampled model region")
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured 0.878 selected (bench, 5000 synthetic clusters): crowded and "
+    "centring-shifted clusters fall just outside the sparsely sampled model region",
+)
 def test_ninety_percent_of_clusters_selected(metrics):
     assert metrics["selection_n_clusters_snr10"] > 80
     assert metrics["selection_completeness"] >= 0.90
 
 
 @pytest.mark.workflow
-@pytest.mark.xfail(strict=True, reason="measured 0.126 stars in the selected list (blended and crowded stars "
-                   "scatter out of the stellar region into the cluster locus)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured 0.126 stars in the selected list (blended and crowded stars "
+    "scatter out of the stellar region into the cluster locus)",
+)
 def test_at_most_ten_percent_of_selected_are_stars(metrics):
     assert metrics["selected_star_fraction"] <= 0.10
 

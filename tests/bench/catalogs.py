@@ -81,28 +81,114 @@ def run_stage(workdir, n_clusters=None, sim_overrides=None):
         synthetic["n_clusters"] = n_clusters
     dist = TARGET["distance_mpc"]
     times = {}
-    times["simulate_hst"] = run_script("simulate_hst.py", "--sim", json.dumps(sim), "--target", json.dumps(TARGET),
-                                       "--out-dir", w / "hst", "--psf-dir", w / "hst" / "psf", "--truth", p["truth"],
-                                       "--truth-associations", p["assoc_truth"])  # fmt: skip
-    times["detect_sources"] = run_script("detect_sources.py", *images, *psfs, "--sources", p["sources"],
-                                         "--pointsources", p["points"], "--params", json.dumps(cat["detection"]))  # fmt: skip
-    times["aperture_photometry"] = run_script("aperture_photometry.py", *images, *psfs, "--sources", p["sources"],
-                                              "--output", p["phot"], "--params", json.dumps(cat["photometry"]))  # fmt: skip
-    times["concentration"] = run_script("concentration.py", "--image", img["F555W"], "--psf", psf["F555W"],
-                                        "--photometry", p["phot"], "--output", p["mci"],
-                                        "--params", json.dumps(cat["concentration"]))  # fmt: skip
-    times["inject_clusters"] = run_script("inject_clusters.py", "--image", img["F555W"], "--psf", psf["F555W"],
-                                          "--catalog", p["mci"], "--distance-mpc", dist, "--output", p["synth"],
-                                          "--regions", p["regions"], "--qa-png", w / "cat" / "synthetic_mci.png",
-                                          "--seed", 1, "--params", json.dumps(synthetic))  # fmt: skip
-    times["select_clusters"] = run_script("select_clusters.py", "--catalog", p["mci"], "--regions", p["regions"],
-                                          "--distance-mpc", dist, "--output", p["cand"], "--output-polygon",
-                                          p["cand_poly"], "--ds9", w / "cat" / "candidates.reg", "--qa-png",
-                                          w / "cat" / "mci_plane.png", "--params", json.dumps(cat["selection"]))  # fmt: skip
-    times["associations"] = run_script("associations.py", "--pointsources", p["points"], *images, "--distance-mpc",
-                                       dist, "--output", p["assoc"], "--masks", p["masks"], "--ds9",
-                                       w / "cat" / "associations.reg", "--qa-png", w / "cat" / "associations.png",
-                                       "--params", json.dumps(cat["associations"]))  # fmt: skip
+    times["simulate_hst"] = run_script(
+        "simulate_hst.py",
+        "--sim",
+        json.dumps(sim),
+        "--target",
+        json.dumps(TARGET),
+        "--out-dir",
+        w / "hst",
+        "--psf-dir",
+        w / "hst" / "psf",
+        "--truth",
+        p["truth"],
+        "--truth-associations",
+        p["assoc_truth"],
+    )
+    times["detect_sources"] = run_script(
+        "detect_sources.py",
+        *images,
+        *psfs,
+        "--sources",
+        p["sources"],
+        "--pointsources",
+        p["points"],
+        "--params",
+        json.dumps(cat["detection"]),
+    )
+    times["aperture_photometry"] = run_script(
+        "aperture_photometry.py",
+        *images,
+        *psfs,
+        "--sources",
+        p["sources"],
+        "--output",
+        p["phot"],
+        "--params",
+        json.dumps(cat["photometry"]),
+    )
+    times["concentration"] = run_script(
+        "concentration.py",
+        "--image",
+        img["F555W"],
+        "--psf",
+        psf["F555W"],
+        "--photometry",
+        p["phot"],
+        "--output",
+        p["mci"],
+        "--params",
+        json.dumps(cat["concentration"]),
+    )
+    times["inject_clusters"] = run_script(
+        "inject_clusters.py",
+        "--image",
+        img["F555W"],
+        "--psf",
+        psf["F555W"],
+        "--catalog",
+        p["mci"],
+        "--distance-mpc",
+        dist,
+        "--output",
+        p["synth"],
+        "--regions",
+        p["regions"],
+        "--qa-png",
+        w / "cat" / "synthetic_mci.png",
+        "--seed",
+        1,
+        "--params",
+        json.dumps(synthetic),
+    )
+    times["select_clusters"] = run_script(
+        "select_clusters.py",
+        "--catalog",
+        p["mci"],
+        "--regions",
+        p["regions"],
+        "--distance-mpc",
+        dist,
+        "--output",
+        p["cand"],
+        "--output-polygon",
+        p["cand_poly"],
+        "--ds9",
+        w / "cat" / "candidates.reg",
+        "--qa-png",
+        w / "cat" / "mci_plane.png",
+        "--params",
+        json.dumps(cat["selection"]),
+    )
+    times["associations"] = run_script(
+        "associations.py",
+        "--pointsources",
+        p["points"],
+        *images,
+        "--distance-mpc",
+        dist,
+        "--output",
+        p["assoc"],
+        "--masks",
+        p["masks"],
+        "--ds9",
+        w / "cat" / "associations.reg",
+        "--qa-png",
+        w / "cat" / "associations.png",
+        "--params",
+        json.dumps(cat["associations"]),
+    )
     p.update(images=img, psfs=psf, sim=sim)
     return p, times
 
@@ -117,12 +203,12 @@ def true_snr(truth, v_image):
 
 
 def evaluate(p, border=12.0):
-    import catalog_common as cc
-    import simulate_hst
     from astropy.io import fits
     from astropy.table import Table
     from scipy.spatial import cKDTree
 
+    import catalog_common as cc
+    import simulate_hst
     from detect_sources import match_nearest
 
     truth = Table.read(p["truth"])
@@ -149,17 +235,26 @@ def evaluate(p, border=12.0):
     m["completeness_snr10_all"] = float(found[bright].mean())
     m["completeness_snr10_resolvable"] = float(found[resolvable].mean())
     m["n_snr10_all"], m["n_snr10_resolvable"] = int(bright.sum()), int(resolvable.sum())
-    m["completeness_by_kind"] = {k: round(float(found[resolvable & (kind == k)].mean()), 4)
-                                 for k in ("star", "cluster", "association_star")}  # fmt: skip
+    m["completeness_by_kind"] = {
+        k: round(float(found[resolvable & (kind == k)].mean()), 4) for k in ("star", "cluster", "association_star")
+    }
     # photometry: expected measurement of the noiseless, isolated source (4 px minus its annulus light)
     phot = Table.read(p["phot"])
     idx = match_nearest(tx, ty, np.asarray(phot["x"], float), np.asarray(phot["y"], float), 1.5)
     iso = bright & ~crowded & (idx >= 0)
     lib = cc.ProfileLibrary(simulate_hst.band_psf(p["sim"]))
-    expected = np.array([
-        flux[i] * cc.measured_stamp_fluxes(lib.stamp("F555W", 0, 0, *(
-            (truth["fwhm_px"][i], truth["slope"][i]) if kind[i] == "cluster" else (None, None)))[0], [4.0])[0]
-        for i in np.where(iso)[0]])  # fmt: skip
+    expected = np.array(
+        [
+            flux[i]
+            * cc.measured_stamp_fluxes(
+                lib.stamp(
+                    "F555W", 0, 0, *((truth["fwhm_px"][i], truth["slope"][i]) if kind[i] == "cluster" else (None, None))
+                )[0],
+                [4.0],
+            )[0]
+            for i in np.where(iso)[0]
+        ]
+    )
     meas = np.asarray(phot["flux_F555W"], float)[idx[iso]]
     err = np.asarray(phot["flux_err_F555W"], float)[idx[iso]]
     from astropy.stats import sigma_clipped_stats
@@ -178,9 +273,11 @@ def evaluate(p, border=12.0):
     m["selection_n_clusters_snr10"] = int(clusters.sum())
     m["selection_completeness"] = float(selected[clusters].mean())
     fw = np.asarray(truth["fwhm_px"], float)
-    m["selection_by_fwhm"] = {f"{lo}-{hi}": round(float(selected[clusters & (fw >= lo) & (fw < hi)].mean()), 3)
-                              for lo, hi in ((0.5, 1), (1, 2), (2, 4), (4, 7.01))
-                              if (clusters & (fw >= lo) & (fw < hi)).any()}  # fmt: skip
+    m["selection_by_fwhm"] = {
+        f"{lo}-{hi}": round(float(selected[clusters & (fw >= lo) & (fw < hi)].mean()), 3)
+        for lo, hi in ((0.5, 1), (1, 2), (2, 4), (4, 7.01))
+        if (clusters & (fw >= lo) & (fw < hi)).any()
+    }
     nearest = match_nearest(cx, cy, tx, ty, 1.5)
     is_cluster = match_nearest(cx, cy, tx[kind == "cluster"], ty[kind == "cluster"], 1.5) >= 0
     is_star = (nearest >= 0) & np.isin(kind[np.maximum(nearest, 0)], ["star", "association_star"]) & ~is_cluster
@@ -200,9 +297,13 @@ def evaluate(p, border=12.0):
             inj = assoc_truth[np.asarray(assoc_truth["scale_pc"], float) == scale]
             hit = [labels[int(round(r["y"])), int(round(r["x"]))] > 0 for r in inj]
             med = float(np.median(2 * np.asarray(rows["reff_pc"], float))) if len(rows) else float("nan")
-            m["associations"][f"{scale:g}"] = {"n_regions": len(rows), "median_diameter_pc": round(med, 2),
-                                               "median_over_fwhm": round(med / scale, 3),
-                                               "recovered": round(float(np.mean(hit)), 3), "n_injected": len(inj)}  # fmt: skip
+            m["associations"][f"{scale:g}"] = {
+                "n_regions": len(rows),
+                "median_diameter_pc": round(med, 2),
+                "median_over_fwhm": round(med / scale, 3),
+                "recovered": round(float(np.mean(hit)), 3),
+                "n_injected": len(inj),
+            }
     return m
 
 
@@ -220,9 +321,18 @@ def main(argv=None):
         synth = Table.read(paths["synth"])
         metrics = evaluate(paths)
         stage = sum(v for k, v in times.items() if k != "simulate_hst")
-        print(json.dumps({"bench": "catalogs", "times_s": {k: round(v, 2) for k, v in times.items()},
-                          "stage_s": round(stage, 2), "n_synthetic": len(synth),
-                          "synthetic_s_per_1000": synth.meta.get("seconds_per_1000"), "metrics": metrics}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "bench": "catalogs",
+                    "times_s": {k: round(v, 2) for k, v in times.items()},
+                    "stage_s": round(stage, 2),
+                    "n_synthetic": len(synth),
+                    "synthetic_s_per_1000": synth.meta.get("seconds_per_1000"),
+                    "metrics": metrics,
+                }
+            )
+        )
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
