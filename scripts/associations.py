@@ -1,7 +1,8 @@
 """Multi-scale stellar associations by watershed on point-source maps (PHANGS-HST, Lee et al. 2022 Sec. 4.7).
 
 Method (Larson et al.). Point sources passing quality cuts (S/N >= ``snr_min`` in ``band``,
-DAOFIND sharpness in ``sharpness_range``, PSF ``qfit`` <= ``qfit_max``) are put on the V-band
+DAOFIND sharpness in ``sharpness_range``, PSF ``qfit`` <= ``qfit_max``; for a DOLPHOT catalog its
+sharpness in ``dolphot_sharpness_range`` and crowding <= ``dolphot_crowding_max``) are put on the V-band
 pixel grid as a map of ones at their positions. For each scale (FWHM 8, 16, 32, 64 pc at the
 target's distance) the map is smoothed with a Gaussian of that FWHM and high-pass filtered by
 subtracting the map smoothed with a ``highpass_factor`` (4) times wider Gaussian. A single,
@@ -45,6 +46,9 @@ DEFAULTS = {
     "snr_min": 5.0,
     "sharpness_range": [0.3, 1.0],
     "qfit_max": 1.5,  # PSF fits are not grouped: crowding raises qfit; only poor fits are dropped
+    # DOLPHOT point sources (sharpness_kind "dolphot"): DOLPHOT's sharpness is 0 for a perfect PSF
+    "dolphot_sharpness_range": [-0.2, 0.2],
+    "dolphot_crowding_max": 1.3,  # mag
     "bkg_box_px": 64,
 }
 
@@ -149,10 +153,17 @@ def quality_mask(points, params) -> np.ndarray:
     band = params["band"]
     snr = np.nan_to_num(np.asarray(points[f"snr_{band}"], float))
     use = snr >= params["snr_min"]
+    if "origin" in points.colnames:
+        dolphot = np.asarray(points["origin"]).astype(str) == "dolphot"
+    else:
+        dolphot = np.full(len(points), points.meta.get("sharpness_kind") == "dolphot")
     if "sharpness" in points.colnames:
-        lo, hi = params["sharpness_range"]
         sharp = np.asarray(points["sharpness"], float)
+        lo, hi = np.where(dolphot[:, None], params["dolphot_sharpness_range"], params["sharpness_range"]).T
         use &= (sharp >= lo) & (sharp <= hi)
+    if "crowding" in points.colnames:
+        crowd = np.nan_to_num(np.asarray(points["crowding"], float), nan=np.inf)
+        use &= ~dolphot | (crowd <= params["dolphot_crowding_max"])
     if "qfit" in points.colnames:
         q = np.asarray(points["qfit"], float)
         use &= ~np.isfinite(q) | (q <= params["qfit_max"])

@@ -67,12 +67,26 @@ def read_table(path, required=()):
 
 
 def write_table(table, path, inputs=(), step="catalog") -> None:
-    """Write ``table`` atomically (ECSV or FITS by suffix) with provenance in its metadata."""
-    meta = {k: v for k, v, _ in wfutils.provenance_cards(inputs, None, step)}
-    table.meta.update(meta)
-    with wfutils.atomic_output(path) as tmp:
-        fmt = "fits" if str(path).endswith(".fits") else "ascii.ecsv"
-        table.write(tmp, format=fmt, overwrite=True)
+    """Write ``table`` atomically (ECSV or FITS by suffix) with provenance in its metadata.
+
+    The provenance of the table this one was derived from (its WF* keys) is replaced, not merged.
+    FITS headers get nested metadata (dicts, lists) as JSON strings and long keys as HIERARCH cards.
+    """
+    import warnings
+
+    from astropy.io.fits.verify import VerifyWarning
+
+    for key in [k for k in table.meta if str(k).startswith("WF")]:
+        del table.meta[key]
+    table.meta.update({k: v for k, v, _ in wfutils.provenance_cards(inputs, None, step)})
+    fits_out = str(path).endswith(".fits")
+    out = table
+    if fits_out:
+        out = table.copy(copy_data=False)
+        out.meta = {k: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v for k, v in table.meta.items()}
+    with wfutils.atomic_output(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", VerifyWarning)
+        out.write(tmp, format="fits" if fits_out else "ascii.ecsv", overwrite=True)
 
 
 def write_ds9(path, x, y, radius_px, color="green", labels=None, header="") -> None:

@@ -7,9 +7,16 @@ the paper's 3.5 sigma of DOLPHOT). The detections start a PSF-fitting point-sour
 with photutils' ``PSFPhotometry`` (the role DOLPHOT plays in the paper, which is not available
 here): positions and fluxes are fitted in V with the band's PSF model, then fluxes are fitted at
 those fixed positions in every other band, so V is the positional reference across bands.
-``--dolphot CATALOG`` replaces this step by a DOLPHOT catalog converted to a table with columns
-``x``, ``y`` (0-based pixels of the V image), ``flux_<BAND>``, ``flux_err_<BAND>`` and
-``sharpness`` (optional ``qfit``); its sources then form the point-source catalog.
+``--dolphot CATALOG`` replaces this step by a DOLPHOT catalog (run on the V image as reference),
+given either as DOLPHOT's own output -- the ``<name>.phot`` text file with ``<name>.phot.columns``
+(or ``<name>.columns``) next to it, read by its column descriptions: global x, y, S/N,
+sharpness, roundness, crowding, object type, and per filter ("..., WFC3_F555W") the normalized
+count rate and its uncertainty -- or as a table (ECSV/FITS) already converted to columns ``x``,
+``y`` (0-based pixels of the V image), ``flux_<BAND>``, ``flux_err_<BAND>`` and ``sharpness``.
+DOLPHOT positions count from the lower-left pixel corner (its centre is 0.5, 0.5):
+``dolphot_pixel_origin`` is subtracted. Raw DOLPHOT sources keep object types
+``dolphot_object_types`` (1, 2: stars). Their sharpness is DOLPHOT's (0 for a perfect PSF),
+not DAOFIND's; ``sharpness_kind`` in the table metadata says which.
 
 The merged source list (``--sources``) holds every PSF-fitted source at its fitted position
 (the DAOStarFinder centroid where the fit failed or moved the source by more than
@@ -48,6 +55,23 @@ DEFAULTS = {
     "group_separation_px": 0.0,  # > 0 fits sources closer than this together (slower)
     "match_radius_px": 2.0,  # DOLPHOT <-> DAOStarFinder matching
     "border_px": 4,
+    "dolphot_pixel_origin": 0.5,  # DOLPHOT x, y of the centre of the first pixel
+    "dolphot_object_types": [1, 2],  # DOLPHOT object type: 1 bright star, 2 faint, 3 elongated, 4 hot, 5 extended
+}
+# DOLPHOT .columns descriptions -> our names (global columns; per-filter ones carry ", CAMERA_FILTER")
+DOLPHOT_GLOBAL = {
+    "Object X position": "x",
+    "Object Y position": "y",
+    "Signal-to-noise": "snr_dolphot",
+    "Object sharpness": "sharpness",
+    "Object roundness": "roundness",
+    "Crowding": "crowding",
+    "Object type": "object_type",
+}
+DOLPHOT_PER_FILTER = {
+    "Normalized count rate": "flux",
+    "Normalized count rate uncertainty": "flux_err",
+    "Photometry quality flag": "dolphot_flag",
 }
 
 
@@ -165,27 +189,37 @@ def match_nearest(x1, y1, x2, y2, radius):
 
 
 # --------------------------------------------------------------------------- catalogue building
+def psf_positions(sci, err, psf_model, x0, y0, params: dict):
+    """V-band PSF fit with free positions from the detections (x0, y0): (x, y, ok, fit).
+
+    Where the fit fails or moves a source by more than ``max_fit_shift_px`` the detection's
+    position is kept (``ok`` False). The positions at which every source -- real or synthetic
+    (``inject_clusters.py``) -- gets its aperture photometry and concentration indices."""
+    x0, y0 = np.asarray(x0, float), np.asarray(y0, float)
+    fit = fit_psf(
+        sci,
+        err,
+        psf_model,
+        x0,
+        y0,
+        int(params["fit_shape_px"]),
+        group_separation=params["group_separation_px"],
+        max_shift=params["max_fit_shift_px"],
+    )
+    shift = np.hypot(fit["x"] - x0, fit["y"] - y0)
+    ok = np.isfinite(fit["x"]) & np.isfinite(fit["flux"]) & (shift <= params["max_fit_shift_px"])
+    return np.where(ok, fit["x"], x0), np.where(ok, fit["y"], y0), ok, fit
+
+
 def point_source_catalog(images: dict, psfs: dict, detections, params: dict):
     """PSF photometry: free positions in V, fixed positions in the other bands (a Table)."""
     from astropy.table import Table
 
     sci, err = images[cc.V_BAND]
     fit_shape = int(params["fit_shape_px"])
-    v = fit_psf(
-        sci,
-        err,
-        psfs[cc.V_BAND],
-        detections["x_centroid"],
-        detections["y_centroid"],
-        fit_shape,
-        group_separation=params["group_separation_px"],
-        max_shift=params["max_fit_shift_px"],
-    )
-    shift = np.hypot(v["x"] - detections["x_centroid"], v["y"] - detections["y_centroid"])
-    ok = np.isfinite(v["x"]) & np.isfinite(v["flux"]) & (shift <= params["max_fit_shift_px"])
+    x, y, ok, v = psf_positions(sci, err, psfs[cc.V_BAND], detections["x_centroid"], detections["y_centroid"], params)
     table = Table()
-    table["x"] = np.where(ok, v["x"], detections["x_centroid"])
-    table["y"] = np.where(ok, v["y"], detections["y_centroid"])
+    table["x"], table["y"] = x, y
     table["psf_ok"] = ok
     table["sharpness"] = np.asarray(detections["sharpness"], float)
     table["roundness"] = np.asarray(detections["roundness2"], float)
@@ -209,10 +243,87 @@ def point_source_catalog(images: dict, psfs: dict, detections, params: dict):
     return table
 
 
-def dolphot_catalog(path, bands):
-    """A DOLPHOT catalog in the documented columns (x, y, flux_<BAND>, flux_err_<BAND>, sharpness)."""
-    required = ["x", "y", "sharpness", f"flux_{cc.V_BAND}", f"flux_err_{cc.V_BAND}"]
-    table = cc.read_table(path, required)
+def dolphot_columns_file(path):
+    """The ``.columns`` file of a raw DOLPHOT output (``<name>.columns`` or ``<name>.phot.columns``), or None."""
+    from pathlib import Path
+
+    path = Path(path)
+    for candidate in (Path(f"{path}.columns"), path.with_suffix(".columns")):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def parse_dolphot_columns(text: str, bands) -> dict:
+    """{our column name: 0-based index} from the text of a DOLPHOT ``.columns`` file.
+
+    Lines read "N. Description" (global) or "N. Description, CAMERA_FILTER" (combined photometry of
+    a filter); lines of single exposures ("..., image (CAMERA_FILTER, exptime)") are skipped."""
+    import re
+
+    index = {}
+    for line in text.splitlines():
+        number, sep, desc = line.strip().partition(". ")
+        if not sep or not number.isdigit():
+            continue
+        quantity, _, tag = desc.rpartition(", ")
+        filt = re.fullmatch(r"[A-Za-z0-9]+_(F\d{3,4}[A-Za-z0-9]*)", tag.strip())
+        if filt and "(" not in quantity:  # combined photometry of a filter
+            band = filt.group(1).upper()
+            if band in bands and quantity.strip() in DOLPHOT_PER_FILTER:
+                index[f"{DOLPHOT_PER_FILTER[quantity.strip()]}_{band}"] = int(number) - 1
+        elif not re.search(r"_F\d{3,4}", desc):  # global (single exposures name their filter in brackets)
+            for prefix, name in DOLPHOT_GLOBAL.items():
+                if desc.startswith(prefix) and name not in index:
+                    index[name] = int(number) - 1
+    return index
+
+
+def read_dolphot_phot(path, columns_path, bands, params):
+    """Table of a raw DOLPHOT photometry file: 0-based positions, fluxes (e-/s) per band, quality columns."""
+    from astropy.table import Table
+
+    index = parse_dolphot_columns(columns_path.read_text(), bands)
+    required = ["x", "y", "sharpness", "object_type", f"flux_{cc.V_BAND}", f"flux_err_{cc.V_BAND}"]
+    missing = [c for c in required if c not in index]
+    if missing:
+        raise wfutils.InputError(f"{columns_path}: no DOLPHOT column for {', '.join(missing)}")
+    try:
+        data = np.atleast_2d(np.loadtxt(path, dtype=float, ndmin=2))
+    except ValueError as exc:
+        raise wfutils.InputError(f"{path}: not a DOLPHOT photometry file ({exc})") from None
+    if data.size and data.shape[1] <= max(index.values()):
+        raise wfutils.InputError(
+            f"{path}: {data.shape[1]} columns, but {columns_path} describes {max(index.values()) + 1}"
+        )
+    table = Table({name: data[:, j] if data.size else np.zeros(0) for name, j in index.items()})
+    table["x"] = table["x"] - params["dolphot_pixel_origin"]
+    table["y"] = table["y"] - params["dolphot_pixel_origin"]
+    table["object_type"] = np.asarray(table["object_type"]).astype(int)
+    keep = np.isin(table["object_type"], params["dolphot_object_types"])
+    log.info(
+        "DOLPHOT %s: %d sources, %d of object type %s",
+        path,
+        len(table),
+        int(keep.sum()),
+        params["dolphot_object_types"],
+    )
+    return table[keep]
+
+
+def dolphot_catalog(path, bands, params=None):
+    """A DOLPHOT catalog: raw ``.phot`` output (with its ``.columns`` file) or a converted table."""
+    params = {**DEFAULTS, **(params or {})}
+    columns_path = dolphot_columns_file(path)
+    if columns_path is not None:
+        from pathlib import Path
+
+        if not Path(path).exists():
+            raise wfutils.InputError(f"{path}: DOLPHOT photometry file does not exist")
+        table = read_dolphot_phot(path, columns_path, bands, params)
+    else:
+        required = ["x", "y", "sharpness", f"flux_{cc.V_BAND}", f"flux_err_{cc.V_BAND}"]
+        table = cc.read_table(path, required)
     for band in bands:
         if f"flux_{band}" in table.colnames:
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -222,6 +333,7 @@ def dolphot_catalog(path, bands):
     if "qfit" not in table.colnames:
         table["qfit"] = np.nan
     table["psf_ok"] = True
+    table.meta["sharpness_kind"] = "dolphot"
     return table
 
 
@@ -273,10 +385,12 @@ def detect(images: dict, psfs: dict, params: dict, dolphot=None):
         "DAOStarFinder (FWHM %.1f px, %.1f sigma): %d detections", params["fwhm_px"], params["nsigma"], len(detections)
     )
     if dolphot is not None:
-        points = dolphot_catalog(dolphot, list(images))
+        points = dolphot_catalog(dolphot, list(images), params)
     else:
         points = point_source_catalog(sub, psfs, detections, params)
+        points.meta["sharpness_kind"] = "daofind"
     points["id"] = np.arange(1, len(points) + 1)
+    points["origin"] = "dolphot" if dolphot is not None else "psf"
     return merged_sources(points, detections, params, dolphot is not None), points
 
 

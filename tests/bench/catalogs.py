@@ -16,6 +16,7 @@ times each, and judges the products against the simulator's truth:
   fraction of injected associations whose centre lies in a region of the matching scale.
 
     .venv/bin/python tests/bench/catalogs.py [--workdir DIR] [--n-clusters N] [--keep]
+    .venv/bin/python tests/bench/catalogs.py --from-workflow RUN_DIR   # judge a Snakemake run's products
 
 Output: {"bench": "catalogs", "times_s": {...}, "stage_s": ..., "synthetic_s_per_1000": ..., "metrics": {...}}.
 """
@@ -193,6 +194,30 @@ def run_stage(workdir, n_clusters=None, sim_overrides=None):
     return p, times
 
 
+def workflow_paths(workdir, target=TARGET["target"], config=None):
+    """The paths ``evaluate`` needs, for the products of a Snakemake run in ``workdir``."""
+    cfg = config or yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    w = Path(workdir) / "results" / target
+    c = w / "catalogs"
+    return {
+        "truth": w / "truth" / "hst" / f"{target}_hst_truth.ecsv",
+        "assoc_truth": w / "truth" / "hst" / f"{target}_hst_associations_truth.ecsv",
+        "sources": c / f"{target}_sources.ecsv",
+        "points": c / f"{target}_pointsources.ecsv",
+        "phot": c / f"{target}_photometry.ecsv",
+        "mci": c / f"{target}_sources_mci.ecsv",
+        "synth": c / f"{target}_synthetic_clusters.ecsv",
+        "regions": c / f"{target}_mci_regions.fits",
+        "cand": c / f"{target}_candidates.ecsv",
+        "cand_poly": c / f"{target}_candidates_polygon.ecsv",
+        "assoc": c / f"{target}_associations.ecsv",
+        "masks": c / f"{target}_association_masks.fits",
+        "images": {b: w / "hst" / f"{target}_{b}_drc.fits" for b in BANDS},
+        "psfs": {b: w / "hst" / "psf" / f"{target}_{b}_psf.fits" for b in BANDS},
+        "sim": {**cfg["simulation"]["hst"], "seed": cfg["simulation"]["seed"]},
+    }
+
+
 # --------------------------------------------------------------------------- judging against the truth
 def true_snr(truth, v_image):
     import catalog_common as cc
@@ -312,7 +337,19 @@ def main(argv=None):
     parser.add_argument("--workdir")
     parser.add_argument("--n-clusters", type=int, default=None, help="synthetic clusters (default: the config's)")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--from-workflow", metavar="DIR", help="only judge the products of a Snakemake run in DIR")
     args = parser.parse_args(argv)
+    if args.from_workflow:
+        print(
+            json.dumps(
+                {
+                    "bench": "catalogs",
+                    "workdir": args.from_workflow,
+                    "metrics": evaluate(workflow_paths(args.from_workflow)),
+                }
+            )
+        )
+        return
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-catalogs-"))
     try:
         paths, times = run_stage(workdir, args.n_clusters)
