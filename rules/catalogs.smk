@@ -164,6 +164,8 @@ rule select_clusters:
         params=catalog_params("selection"),
     log:
         "logs/select_clusters/{target}.log",
+    benchmark:
+        "benchmarks/select_clusters/{target}.tsv"
     resources:
         mem_mb=1500,
         runtime=10,
