@@ -21,6 +21,7 @@ include: "rules/psf.smk"
 include: "rules/finishing_common.smk"
 include: "rules/finishing.smk"
 include: "rules/report.smk"
+include: "rules/catalogs.smk"
 
 
 rule all:

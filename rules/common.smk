@@ -367,6 +367,7 @@ def anchoring_references(target):
 
 def all_products(wildcards=None):
     """Final products: mosaics per target and filter, PSF-matched images, and truth for simulated targets."""
+    """Final products: mosaics per target and filter, truth for simulated targets, catalogs for galaxies."""
     products = []
     for target in SELECTED.index:
         for filt in filters_of(target):
@@ -377,6 +378,7 @@ def all_products(wildcards=None):
             products.append(f"results/{target}/truth/{target}_exposures_truth.ecsv")
         products += psf_products(target)  # PSF-matched images, kernels' tables (rules/psf.smk)
         products += finishing_products(target)  # release directory (rules/finishing.smk)
+        products += catalog_products(target)  # rules/catalogs.smk
     return products
 
 

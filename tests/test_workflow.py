@@ -28,6 +28,7 @@ def write_override(path, extra: dict) -> str:
     )
     # PSF matching (~100 jobs for both targets) runs in its own workflow test (tests/test_psf.py).
     data["psf"] = {"enabled": False}
+    data["catalogs"] = {"enabled": False}  # tests/test_catalogs.py runs the catalog stage (its own run)
     for key, value in extra.items():
         data[key] = value
     path.write_text(yaml.safe_dump(data))

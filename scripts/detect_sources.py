@@ -1,0 +1,443 @@
+"""Point sources of the V-band image: DAOStarFinder plus PSF photometry (PHANGS-HST, Lee et al. 2022 Sec. 4.2).
+
+Method. The V-band (F555W) drizzled image, minus a smooth background (photutils
+``Background2D``, sigma-clipped medians in ``bkg_box_px`` boxes, sources masked), is searched
+with ``DAOStarFinder`` (Gaussian kernel of FWHM 2.5 px; threshold ``nsigma`` x the sky noise map,
+the paper's 3.5 sigma of DOLPHOT). The detections start a PSF-fitting point-source catalog made
+with photutils' ``PSFPhotometry`` (the role DOLPHOT plays in the paper, which is not available
+here): positions and fluxes are fitted in V with the band's PSF model, then fluxes are fitted at
+those fixed positions in every other band, so V is the positional reference across bands.
+``--dolphot CATALOG`` replaces this step by a DOLPHOT catalog (run on the V image as reference),
+given either as DOLPHOT's own output -- the ``<name>.phot`` text file with ``<name>.phot.columns``
+(or ``<name>.columns``) next to it, read by its column descriptions: global x, y, S/N,
+sharpness, roundness, crowding, object type, and per filter ("..., WFC3_F555W") the normalized
+count rate and its uncertainty -- or as a table (ECSV/FITS) already converted to columns ``x``,
+``y`` (0-based pixels of the V image), ``flux_<BAND>``, ``flux_err_<BAND>`` and ``sharpness``.
+DOLPHOT positions count from the lower-left pixel corner (its centre is 0.5, 0.5):
+``dolphot_pixel_origin`` is subtracted. Raw DOLPHOT sources keep object types
+``dolphot_object_types`` (1, 2: stars). Their sharpness is DOLPHOT's (0 for a perfect PSF),
+not DAOFIND's; ``sharpness_kind`` in the table metadata says which.
+
+The merged source list (``--sources``) holds every PSF-fitted source at its fitted position
+(the DAOStarFinder centroid where the fit failed or moved the source by more than
+``max_fit_shift_px``) plus, with a DOLPHOT catalog, the DAOStarFinder detections more than
+``match_radius_px`` from any DOLPHOT source (extended clusters DOLPHOT misses). Aperture
+photometry and concentration indices are measured at these positions.
+
+    python scripts/detect_sources.py --image F555W=V_drc.fits [--image F275W=...] ...
+        --psf F555W=V_psf.fits ... --sources SOURCES.ecsv --pointsources POINTS.ecsv
+        [--dolphot CATALOG] [--params JSON] [--log LOG]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+
+import numpy as np
+
+import catalog_common as cc
+import wfutils
+
+log = logging.getLogger("detect_sources")
+
+DEFAULTS = {
+    "fwhm_px": 2.5,  # DAOStarFinder kernel (paper)
+    "nsigma": 3.5,  # detection threshold in units of the ERR map
+    "sharpness_range": [0.05, 1.0],  # loose: extended clusters are less sharp than stars
+    "roundness_range": [-1.0, 1.0],
+    "min_separation_px": 2.0,  # photutils 3.0 default (2.5 x FWHM = 6 px) drops neighbours 5-7 px apart
+    "bkg_box_px": 32,
+    "bkg_filter_px": 3,
+    "fit_shape_px": 5,
+    "max_fit_shift_px": 1.0,
+    "group_separation_px": 0.0,  # > 0 fits sources closer than this together (slower)
+    "match_radius_px": 2.0,  # DOLPHOT <-> DAOStarFinder matching
+    "border_px": 4,
+    "dolphot_pixel_origin": 0.5,  # DOLPHOT x, y of the centre of the first pixel
+    "dolphot_object_types": [1, 2],  # DOLPHOT object type: 1 bright star, 2 faint, 3 elongated, 4 hot, 5 extended
+}
+# DOLPHOT .columns descriptions -> our names (global columns; per-filter ones carry ", CAMERA_FILTER")
+DOLPHOT_GLOBAL = {
+    "Object X position": "x",
+    "Object Y position": "y",
+    "Signal-to-noise": "snr_dolphot",
+    "Object sharpness": "sharpness",
+    "Object roundness": "roundness",
+    "Crowding": "crowding",
+    "Object type": "object_type",
+}
+DOLPHOT_PER_FILTER = {
+    "Normalized count rate": "flux",
+    "Normalized count rate uncertainty": "flux_err",
+    "Photometry quality flag": "dolphot_flag",
+}
+
+
+# --------------------------------------------------------------------------- pure functions
+def smooth_background(sci: np.ndarray, box: int, filter_size: int, rms: bool = False):
+    """Smooth background (diffuse galaxy light) from sigma-clipped box medians, sources masked;
+    with ``rms`` also the background noise map (sigma-clipped box standard deviations)."""
+    from astropy.stats import SigmaClip
+    from photutils.background import Background2D, MedianBackground
+    from photutils.segmentation import detect_sources as segment
+    from photutils.segmentation import detect_threshold
+
+    good = np.isfinite(sci)
+    data = np.where(good, sci, 0.0)
+    threshold = detect_threshold(data, n_sigma=2.0, mask=~good)
+    seg = segment(data, threshold, n_pixels=5, mask=~good)
+    mask = ~good
+    if seg is not None:
+        from scipy.ndimage import binary_dilation
+
+        mask |= binary_dilation(seg.data > 0, iterations=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bkg = Background2D(
+            data,
+            box,
+            mask=mask,
+            filter_size=filter_size,
+            sigma_clip=SigmaClip(sigma=3.0),
+            bkg_estimator=MedianBackground(),
+            exclude_percentile=90,
+        )
+    if rms:
+        return np.asarray(bkg.background), np.asarray(bkg.background_rms)
+    return np.asarray(bkg.background)
+
+
+def find_sources(data: np.ndarray, noise: np.ndarray, params: dict):
+    """DAOStarFinder detections (astropy Table) with threshold ``nsigma`` x the background noise map.
+
+    The noise map is that of the sky (not the ERR map, which includes the sources' own Poisson
+    noise and would raise the threshold on exactly the extended clusters DAOFIND finds hardest)."""
+    err = noise
+    from photutils.detection import DAOStarFinder
+
+    good = np.isfinite(data) & np.isfinite(err)
+    threshold = np.where(good, params["nsigma"] * np.nan_to_num(err, nan=np.nanmedian(err)), np.inf)
+    finder = DAOStarFinder(
+        threshold=threshold,
+        fwhm=params["fwhm_px"],
+        sharpness_range=tuple(params["sharpness_range"]),
+        roundness_range=tuple(params["roundness_range"]),
+        exclude_border=True,
+        min_separation=params["min_separation_px"],
+    )
+    table = finder(np.where(good, data, 0.0), mask=~good)
+    if table is None:
+        from astropy.table import Table
+
+        return Table(names=["x_centroid", "y_centroid", "sharpness", "roundness1", "roundness2", "flux"])
+    ny, nx = data.shape
+    b = params["border_px"]
+    keep = (
+        (table["x_centroid"] >= b)
+        & (table["x_centroid"] < nx - b)
+        & (table["y_centroid"] >= b)
+        & (table["y_centroid"] < ny - b)
+    )
+    return table[keep]
+
+
+def psf_model_from(psf_image: np.ndarray, oversample: int):
+    from photutils.psf import ImagePSF
+
+    return ImagePSF(psf_image / psf_image.sum() * oversample**2, oversampling=oversample)
+
+
+def fit_psf(data, err, psf_model, x, y, fit_shape, fixed_positions=False, group_separation=0.0, max_shift=None):
+    """PSF photometry at initial positions: (x_fit, y_fit, flux, flux_err, qfit, cfit, flags) arrays."""
+    from astropy.table import Table
+    from photutils.psf import PSFPhotometry, SourceGrouper
+
+    model = psf_model.copy()
+    model.x_0.fixed = fixed_positions
+    model.y_0.fixed = fixed_positions
+    grouper = SourceGrouper(min_separation=group_separation) if group_separation > 0 else None
+    phot = PSFPhotometry(
+        model, fit_shape, grouper=grouper, aperture_radius=3.0, xy_bounds=None if fixed_positions else max_shift
+    )
+    good = np.isfinite(data) & np.isfinite(err) & (err > 0)
+    init = Table({"x": np.asarray(x, float), "y": np.asarray(y, float)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = phot(np.where(good, data, 0.0), mask=~good, error=np.where(good, err, 1.0), init_params=init)
+    get = lambda name: np.asarray(res[name], dtype=float) if name in res.colnames else np.full(len(res), np.nan)
+    return {
+        "x": get("x_fit"),
+        "y": get("y_fit"),
+        "flux": get("flux_fit"),
+        "flux_err": get("flux_err"),
+        "qfit": get("qfit"),
+        "cfit": get("cfit"),
+        "flags": np.asarray(res["flags"], dtype=int) if "flags" in res.colnames else np.zeros(len(res), int),
+    }
+
+
+def match_nearest(x1, y1, x2, y2, radius):
+    """Index into (x2, y2) of the nearest neighbour of each (x1, y1) within ``radius`` (-1 if none)."""
+    from scipy.spatial import cKDTree
+
+    if len(x2) == 0:
+        return np.full(len(x1), -1)
+    dist, idx = cKDTree(np.column_stack([x2, y2])).query(np.column_stack([x1, y1]), distance_upper_bound=radius)
+    return np.where(np.isfinite(dist), idx, -1)
+
+
+# --------------------------------------------------------------------------- catalogue building
+def psf_positions(sci, err, psf_model, x0, y0, params: dict):
+    """V-band PSF fit with free positions from the detections (x0, y0): (x, y, ok, fit).
+
+    Where the fit fails or moves a source by more than ``max_fit_shift_px`` the detection's
+    position is kept (``ok`` False). The positions at which every source -- real or synthetic
+    (``inject_clusters.py``) -- gets its aperture photometry and concentration indices."""
+    x0, y0 = np.asarray(x0, float), np.asarray(y0, float)
+    fit = fit_psf(
+        sci,
+        err,
+        psf_model,
+        x0,
+        y0,
+        int(params["fit_shape_px"]),
+        group_separation=params["group_separation_px"],
+        max_shift=params["max_fit_shift_px"],
+    )
+    shift = np.hypot(fit["x"] - x0, fit["y"] - y0)
+    ok = np.isfinite(fit["x"]) & np.isfinite(fit["flux"]) & (shift <= params["max_fit_shift_px"])
+    return np.where(ok, fit["x"], x0), np.where(ok, fit["y"], y0), ok, fit
+
+
+def point_source_catalog(images: dict, psfs: dict, detections, params: dict):
+    """PSF photometry: free positions in V, fixed positions in the other bands (a Table)."""
+    from astropy.table import Table
+
+    sci, err = images[cc.V_BAND]
+    fit_shape = int(params["fit_shape_px"])
+    x, y, ok, v = psf_positions(sci, err, psfs[cc.V_BAND], detections["x_centroid"], detections["y_centroid"], params)
+    table = Table()
+    table["x"], table["y"] = x, y
+    table["psf_ok"] = ok
+    table["sharpness"] = np.asarray(detections["sharpness"], float)
+    table["roundness"] = np.asarray(detections["roundness2"], float)
+    table["qfit"], table["cfit"], table["psf_flags"] = v["qfit"], v["cfit"], v["flags"]
+    for band, (bsci, berr) in images.items():
+        if band == cc.V_BAND:
+            flux, flux_err = v["flux"], v["flux_err"]
+        else:
+            fit = fit_psf(bsci, berr, psfs[band], table["x"], table["y"], fit_shape, fixed_positions=True)
+            flux, flux_err = fit["flux"], fit["flux_err"]
+        table[f"flux_{band}"] = flux
+        table[f"flux_err_{band}"] = flux_err
+        with np.errstate(divide="ignore", invalid="ignore"):
+            table[f"snr_{band}"] = flux / flux_err
+        log.info(
+            "PSF photometry %s: %d sources, %d with S/N >= 5",
+            band,
+            len(table),
+            int(np.sum(np.nan_to_num(table[f"snr_{band}"]) >= 5)),
+        )
+    return table
+
+
+def dolphot_columns_file(path):
+    """The ``.columns`` file of a raw DOLPHOT output (``<name>.columns`` or ``<name>.phot.columns``), or None."""
+    from pathlib import Path
+
+    path = Path(path)
+    for candidate in (Path(f"{path}.columns"), path.with_suffix(".columns")):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def parse_dolphot_columns(text: str, bands) -> dict:
+    """{our column name: 0-based index} from the text of a DOLPHOT ``.columns`` file.
+
+    Lines read "N. Description" (global) or "N. Description, CAMERA_FILTER" (combined photometry of
+    a filter); lines of single exposures ("..., image (CAMERA_FILTER, exptime)") are skipped."""
+    import re
+
+    index = {}
+    for line in text.splitlines():
+        number, sep, desc = line.strip().partition(". ")
+        if not sep or not number.isdigit():
+            continue
+        quantity, _, tag = desc.rpartition(", ")
+        filt = re.fullmatch(r"[A-Za-z0-9]+_(F\d{3,4}[A-Za-z0-9]*)", tag.strip())
+        if filt and "(" not in quantity:  # combined photometry of a filter
+            band = filt.group(1).upper()
+            if band in bands and quantity.strip() in DOLPHOT_PER_FILTER:
+                index[f"{DOLPHOT_PER_FILTER[quantity.strip()]}_{band}"] = int(number) - 1
+        elif not re.search(r"_F\d{3,4}", desc):  # global (single exposures name their filter in brackets)
+            for prefix, name in DOLPHOT_GLOBAL.items():
+                if desc.startswith(prefix) and name not in index:
+                    index[name] = int(number) - 1
+    return index
+
+
+def read_dolphot_phot(path, columns_path, bands, params):
+    """Table of a raw DOLPHOT photometry file: 0-based positions, fluxes (e-/s) per band, quality columns."""
+    from astropy.table import Table
+
+    index = parse_dolphot_columns(columns_path.read_text(), bands)
+    required = ["x", "y", "sharpness", "object_type", f"flux_{cc.V_BAND}", f"flux_err_{cc.V_BAND}"]
+    missing = [c for c in required if c not in index]
+    if missing:
+        raise wfutils.InputError(f"{columns_path}: no DOLPHOT column for {', '.join(missing)}")
+    try:
+        data = np.atleast_2d(np.loadtxt(path, dtype=float, ndmin=2))
+    except ValueError as exc:
+        raise wfutils.InputError(f"{path}: not a DOLPHOT photometry file ({exc})") from None
+    if data.size and data.shape[1] <= max(index.values()):
+        raise wfutils.InputError(
+            f"{path}: {data.shape[1]} columns, but {columns_path} describes {max(index.values()) + 1}"
+        )
+    table = Table({name: data[:, j] if data.size else np.zeros(0) for name, j in index.items()})
+    table["x"] = table["x"] - params["dolphot_pixel_origin"]
+    table["y"] = table["y"] - params["dolphot_pixel_origin"]
+    table["object_type"] = np.asarray(table["object_type"]).astype(int)
+    keep = np.isin(table["object_type"], params["dolphot_object_types"])
+    log.info(
+        "DOLPHOT %s: %d sources, %d of object type %s",
+        path,
+        len(table),
+        int(keep.sum()),
+        params["dolphot_object_types"],
+    )
+    return table[keep]
+
+
+def dolphot_catalog(path, bands, params=None):
+    """A DOLPHOT catalog: raw ``.phot`` output (with its ``.columns`` file) or a converted table."""
+    params = {**DEFAULTS, **(params or {})}
+    columns_path = dolphot_columns_file(path)
+    if columns_path is not None:
+        from pathlib import Path
+
+        if not Path(path).exists():
+            raise wfutils.InputError(f"{path}: DOLPHOT photometry file does not exist")
+        table = read_dolphot_phot(path, columns_path, bands, params)
+    else:
+        required = ["x", "y", "sharpness", f"flux_{cc.V_BAND}", f"flux_err_{cc.V_BAND}"]
+        table = cc.read_table(path, required)
+    for band in bands:
+        if f"flux_{band}" in table.colnames:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                table[f"snr_{band}"] = np.asarray(table[f"flux_{band}"], float) / np.asarray(
+                    table[f"flux_err_{band}"], float
+                )
+    if "qfit" not in table.colnames:
+        table["qfit"] = np.nan
+    table["psf_ok"] = True
+    table.meta["sharpness_kind"] = "dolphot"
+    return table
+
+
+def merged_sources(points, detections, params, from_dolphot: bool):
+    """Source list for aperture photometry: point sources plus unmatched DAOStarFinder detections."""
+    from astropy.table import Table
+
+    x = np.asarray(points["x"], float)
+    y = np.asarray(points["y"], float)
+    origin = np.full(len(x), "dolphot" if from_dolphot else "psf", dtype="<U7")
+    if not from_dolphot:
+        origin[~np.asarray(points["psf_ok"], bool)] = "dao"
+    sharp = np.asarray(points["sharpness"], float)
+    qfit = np.asarray(points["qfit"], float)
+    if from_dolphot and len(detections):
+        dx, dy = np.asarray(detections["x_centroid"], float), np.asarray(detections["y_centroid"], float)
+        unmatched = match_nearest(dx, dy, x, y, params["match_radius_px"]) < 0
+        x, y = np.concatenate([x, dx[unmatched]]), np.concatenate([y, dy[unmatched]])
+        origin = np.concatenate([origin, np.full(int(unmatched.sum()), "dao", dtype="<U7")])
+        sharp = np.concatenate([sharp, np.asarray(detections["sharpness"], float)[unmatched]])
+        qfit = np.concatenate([qfit, np.full(int(unmatched.sum()), np.nan)])
+        log.info("merged %d DOLPHOT sources and %d DAOStarFinder-only detections", len(points), int(unmatched.sum()))
+    table = Table()
+    table["id"] = np.arange(1, len(x) + 1)
+    table["x"], table["y"], table["origin"], table["sharpness"], table["qfit"] = x, y, origin, sharp, qfit
+    table["ps_id"] = np.concatenate([np.arange(1, len(points) + 1), np.zeros(len(x) - len(points), int)])
+    return table
+
+
+def detect(images: dict, psfs: dict, params: dict, dolphot=None):
+    """(merged sources, point sources) Tables from the images {band: (sci, err)} and PSF models."""
+    sci, err = images[cc.V_BAND]
+    bkg, noise = smooth_background(sci, int(params["bkg_box_px"]), int(params["bkg_filter_px"]), rms=True)
+    noise = np.where(np.isfinite(err), np.minimum(noise, err), noise)  # never above the ERR map
+    sub = {
+        band: (
+            s
+            - (
+                bkg
+                if band == cc.V_BAND
+                else smooth_background(s, int(params["bkg_box_px"]), int(params["bkg_filter_px"]))
+            ),
+            e,
+        )
+        for band, (s, e) in images.items()
+    }
+    detections = find_sources(sub[cc.V_BAND][0], noise, params)
+    log.info(
+        "DAOStarFinder (FWHM %.1f px, %.1f sigma): %d detections", params["fwhm_px"], params["nsigma"], len(detections)
+    )
+    if dolphot is not None:
+        points = dolphot_catalog(dolphot, list(images), params)
+    else:
+        points = point_source_catalog(sub, psfs, detections, params)
+        points.meta["sharpness_kind"] = "daofind"
+    points["id"] = np.arange(1, len(points) + 1)
+    points["origin"] = "dolphot" if dolphot is not None else "psf"
+    return merged_sources(points, detections, params, dolphot is not None), points
+
+
+# --------------------------------------------------------------------------- I/O and entry point
+def parse_band_paths(items, what):
+    out = {}
+    for item in items or []:
+        band, sep, path = item.partition("=")
+        if not sep:
+            raise wfutils.InputError(f"--{what} {item!r} is not BAND=PATH")
+        out[band.strip().upper()] = path
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image", action="append", required=True, help="BAND=DRC file (F555W required)")
+    parser.add_argument("--psf", action="append", default=[], help="BAND=PSF model FITS (OVERSAMP card)")
+    parser.add_argument("--dolphot", help="DOLPHOT catalog (table with x, y, flux_<BAND>, ...) instead of PSF fitting")
+    parser.add_argument("--sources", required=True, help="merged source list (ECSV)")
+    parser.add_argument("--pointsources", required=True, help="point-source catalog (ECSV; .fits also written)")
+    parser.add_argument("--params", default=None, help="JSON object overriding " + ", ".join(DEFAULTS))
+    parser.add_argument("--log")
+    args = parser.parse_args(argv)
+    wfutils.setup_logging(args.log)
+    params = cc.parse_params(args.params, DEFAULTS)
+    paths = parse_band_paths(args.image, "image")
+    if cc.V_BAND not in paths:
+        raise wfutils.InputError(f"--image {cc.V_BAND}=... (the V band) is required")
+    psf_paths = parse_band_paths(args.psf, "psf")
+    if args.dolphot is None:
+        missing = [b for b in paths if b not in psf_paths]
+        if missing:
+            raise wfutils.InputError(f"no --psf for band(s) {', '.join(missing)} (or give --dolphot)")
+    images = {b: cc.read_drc(p, b)[:2] for b, p in paths.items()}
+    shapes = {b: im[0].shape for b, im in images.items()}
+    if len(set(shapes.values())) > 1:
+        raise wfutils.InputError(f"images are not on one pixel grid: shapes {shapes}")
+    psfs = {b: psf_model_from(cc.read_psf_image(p), cc.OVERSAMPLE) for b, p in psf_paths.items()}
+    sources, points = detect(images, psfs, params, args.dolphot)
+    inputs = list(paths.values()) + list(psf_paths.values())
+    cc.write_table(sources, args.sources, inputs, "detect_sources")
+    cc.write_table(points, args.pointsources, inputs, "detect_sources")
+    if args.pointsources.endswith(".ecsv"):
+        cc.write_table(points, args.pointsources[: -len(".ecsv")] + ".fits", inputs, "detect_sources")
+    log.info("%d sources (%d point sources) written", len(sources), len(points))
+
+
+if __name__ == "__main__":
+    wfutils.run_cli(main)
