@@ -366,7 +366,6 @@ def anchoring_references(target):
 
 
 def all_products(wildcards=None):
-    """Final products: mosaics per target and filter, PSF-matched images, and truth for simulated targets."""
     """Final products: mosaics per target and filter, truth for simulated targets, catalogs for galaxies."""
     products = []
     for target in SELECTED.index:

@@ -109,33 +109,43 @@ def rule_produces(path):
 
 
 # Figures and tables of the later steps (PSF matching, deep-field finishing, catalogs), shown
-# when the workflow makes them for the target: {name: (path with {target} and optionally
-# {filter}, caption file in report/, section)}; a {filter} entry gives one item per band.
+# when that step runs for the target: {name: (path with {target} and optionally {filter},
+# caption file in report/, section, step)}; a {filter} entry gives one item per band.
 OPTIONAL_FIGURES = {
-    "psf_gaussian_search": ("results/psf/search/{filter}_gaussian_search.png", "psf_kernels.rst", "psf"),
-    "noise_vs_smoothing": ("results/{target}/matched/qa/{target}_{filter}_noise_curve.png", "psf_noise.rst", "noise"),
-    "background": ("results/{target}/background/qa/{target}_{filter}_background.png", "background.rst", "depth"),
-    "depth": ("results/{target}/depth/{target}_{filter}_depth.png", "depths.rst", "depth"),
-    "mci_plane": ("results/{target}/catalogs/qa/{target}_mci_plane.png", "catalog.rst", "catalog"),
-    "association_maps": ("results/{target}/catalogs/qa/{target}_associations.png", "catalog.rst", "catalog"),
+    "psf_gaussian_search": ("results/psf/search/{filter}_gaussian_search.png", "psf_kernels.rst", "psf", "psf"),
+    "noise_vs_smoothing": ("results/{target}/matched/qa/{target}_{filter}_noise_curve.png", "psf_noise.rst", "noise", "psf"),
+    "background": ("results/{target}/background/qa/{target}_{filter}_background.png", "background.rst", "depth", "background"),
+    "depth": ("results/{target}/depth/{target}_{filter}_depth.png", "depths.rst", "depth", "depth"),
+    "mci_plane": ("results/{target}/catalogs/qa/{target}_mci_plane.png", "catalog.rst", "catalog", "catalogs"),
+    "association_maps": ("results/{target}/catalogs/qa/{target}_associations.png", "catalog.rst", "catalog", "catalogs"),
 }
 OPTIONAL_TABLES = {
-    "psf_fwhm": ("results/psf/psf_fwhm.ecsv", "psf_kernels.rst", "psf"),
-    "psf_gaussian_targets": ("results/psf/gaussian_targets.ecsv", "psf_kernels.rst", "psf"),
-    "depth": ("results/{target}/depth/{target}_{filter}_depth.ecsv", "depths.rst", "depth"),
-    "cluster_candidates": ("results/{target}/catalogs/{target}_candidates.ecsv", "catalog.rst", "catalog"),
+    "psf_fwhm": ("results/psf/psf_fwhm.ecsv", "psf_kernels.rst", "psf", "psf"),
+    "psf_gaussian_targets": ("results/psf/gaussian_targets.ecsv", "psf_kernels.rst", "psf", "psf"),
+    "depth": ("results/{target}/depth/{target}_{filter}_depth.ecsv", "depths.rst", "depth", "depth"),
+    "cluster_candidates": ("results/{target}/catalogs/{target}_candidates.ecsv", "catalog.rst", "catalog", "catalogs"),
 }
+
+
+def optional_step_runs(step, target):
+    """Whether a later step runs for the target (its config switches and layouts)."""
+    if step == "psf":
+        return bool(psf_products(target))
+    if step == "background":
+        return background_applies(target)
+    if step == "depth":
+        return depth_applies(target)
+    return bool(catalog_products(target))
 
 
 def optional_products(entries, target):
-    """(name, path, caption, section) of the entries some rule makes for the target, per band
-    where the path has {filter}; a PSF table is shown only where the target's bands are PSF-matched."""
-    for name, (fmt, caption, section) in entries.items():
-        bands = filters_of(target) if "{filter}" in fmt else [None]
-        for band in bands:
+    """(name, path, caption, section) of the entries whose step runs for the target, per band
+    where the path has {filter}."""
+    for name, (fmt, caption, section, step) in entries.items():
+        if not optional_step_runs(step, target):
+            continue
+        for band in filters_of(target) if "{filter}" in fmt else [None]:
             path = fmt.format(target=target, filter=band)
-            if section == "psf" and not psf_products(target):
-                continue
             if rule_produces(path):
                 yield (f"{name}_{band}" if band else name), path, caption, section
 
