@@ -101,7 +101,6 @@ def test_correction_chain_runs_in_the_papers_order():
     assert result.returncode == 0, result.stdout[-3000:]
     out = result.stdout
     for rule in (
-        "wisp_subtract_NGC0628_F200W_NRCA3",
         "persistence_mask_NGC0628_NRCA3",
         "destripe_NGC0628_F200W",
         "miri_background_NGC0628_F770W",
@@ -115,11 +114,10 @@ def test_correction_chain_runs_in_the_papers_order():
         "noise_model_NGC0628_F770W",
     ):
         assert f"rule {rule}:" in out, f"{rule} missing from the DAG"
-    # NIRCam A3 F200W: wisp_subtract -> persistence_mask (all filters of the detector) -> destripe
-    assert "--template results/NGC0628/references/wisps/wisp_nrca3_f200w.fits" in out
-    assert "results/NGC0628/wisp_subtract/jw09001001001_02101_00001_nrca3_cal.fits" in out
+    # wisp subtraction is off for galaxies by default (config: the fit is unreliable under a disk)
+    assert "rule wisp_subtract_" not in out
+    # NIRCam A3 F200W: persistence_mask (all filters of the detector) -> destripe
     assert "results/NGC0628/persistence_mask/jw09001001001_02101_00001_nrca3_cal.fits" in out
-    assert "wisp_subtract/jw09001001001_02101_00001_nrca1" not in out, "wisps applied to a detector without them"
     # NIRCam: destripe -> align_relative -> align_absolute -> level_match -> destripe_multitile -> noise_model
     assert "results/NGC0628/destripe/jw09001001001_02101_00001_nrca1_cal.fits" in out
     assert "--anchor-catalog results/NGC0628/align_absolute/NIRCAM_F300M_catalog.ecsv" in out
@@ -137,6 +135,10 @@ def test_overrides_select_jobs_by_layout_and_switch_steps(tmp_path):
     assert '"method":"remstriping"' in out
     assert "align_relative_DEEPFIELD1" not in out and "destripe_multitile_DEEPFIELD1" not in out
     assert "align_absolute_DEEPFIELD1_F277W" in out
+    # deep field: wisps subtracted on A3/A4/B3/B4 in F150W/F200W only, before persistence and destriping
+    assert "rule wisp_subtract_DEEPFIELD1_F200W_NRCA3:" in out
+    assert "--template results/DEEPFIELD1/references/wisps/wisp_nrca3_f200w.fits" in out
+    assert "wisp_subtract_DEEPFIELD1_F200W_NRCA1" not in out and "wisp_subtract_DEEPFIELD1_F277W" not in out
     override = tmp_path / "no_destripe_f200w.yaml"
     override.write_text(
         "corrections:\n  destripe:\n    enabled: true\n    instruments: [NIRCAM]\n"

@@ -110,7 +110,8 @@ def test_slurm_profile_sends_big_jobs_to_their_partition(big_target, monkeypatch
         configfiles=[big_target["override"]],
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    jobs = re.split(r"\n(?=\[.*\]\n)|\n(?=(?:local)?rule \w+:)", result.stdout)
+    # jobs of a group (the profile packs tile jobs) are printed indented under "Group job ..."
+    jobs = re.split(r"\n(?=\s*\[.*\]\n)|\n(?=\s*(?:local)?rule \w+:)", result.stdout)
     partitions = {}
     for block in jobs:
         rule = re.search(r"rule (\w+):", block)
