@@ -97,11 +97,16 @@ def scontrol_job(jobid: str) -> dict:
 
 # ----------------------------------------------------------------------------- the runs
 def write_config(workdir: Path) -> Path:
-    """One target, one band, 1/16 scale; steps that need more sources than that have are off."""
+    """One target, one band, 1/16 scale; steps that need more sources than that have are off, and
+    so are the products after the mosaic (each rule is then submitted once)."""
     override = {
         "targets": [TARGET],
         "simulation": {"scale": 0.0625, "layouts": {"ceers_deep": {"nircam": {"filters": [BAND]}}}},
         "anchoring": {"enabled": False},
+        # the Slurm path, not the science: no PSF matching, finishing, report (tested elsewhere)
+        "psf": {"enabled": False},
+        "finishing": {part: {"enabled": False} for part in ("background", "depth", "release")},
+        "report": {"enabled": False},
         "corrections": {
             step: {"enabled": False, "instruments": ["NIRCAM", "MIRI"]} for step in ("align_relative", "align_absolute")
         },
