@@ -35,7 +35,8 @@ SELECTED = exposure_table.select_targets(TARGETS_SHEET, config["targets"])
 # does not make Snakemake rerun every job.
 CONFIG_HASH = wfutils.config_hash({k: v for k, v in config.items() if k != "targets"})
 os.environ[wfutils.CONFIG_HASH_ENV] = CONFIG_HASH
-EXPOSURES = exposure_table.build_exposure_table(SELECTED, config)
+SKIPPED = []  # input files left out by validation.on_bad_exposure: skip (rules/validation.smk)
+EXPOSURES = exposure_table.build_exposure_table(SELECTED, config, skipped=SKIPPED)
 
 
 wildcard_constraints:
@@ -160,6 +161,11 @@ def steps_before(upto):
 
 
 def cal_path(target, name):
+    """Stage-2 calibrated exposure as the corrections read it: validated (rules/validation.smk)."""
+    return validated_path(target, name)
+
+
+def input_cal_path(target, name):
     """Stage-2 calibrated exposure: simulated, given by the user, or made by Stage 1/2."""
     row = target_row(target)
     if row["input"] == "simulate":
@@ -363,6 +369,7 @@ def all_products(wildcards=None):
                 products.append(truth_mosaic_path(target, filt))
         if is_simulated(target):
             products.append(f"results/{target}/truth/{target}_exposures_truth.ecsv")
+        products.append(validation_report_path(target))
     return products
 
 
