@@ -162,7 +162,7 @@ def steps_before(upto):
 
 def cal_path(target, name):
     """Stage-2 calibrated exposure as the corrections read it: validated (rules/validation.smk)."""
-    return validated_path(target, name)
+    return validated_path(target, name) if VALIDATION else input_cal_path(target, name)
 
 
 def input_cal_path(target, name):
@@ -369,7 +369,8 @@ def all_products(wildcards=None):
                 products.append(truth_mosaic_path(target, filt))
         if is_simulated(target):
             products.append(f"results/{target}/truth/{target}_exposures_truth.ecsv")
-        products.append(validation_report_path(target))
+        if VALIDATION:
+            products.append(validation_report_path(target))
     return products
 
 
@@ -412,6 +413,32 @@ def simulated_band_outputs(target, filt):
         "truth": [f"results/{target}/truth/exposures/{n}_truth.fits" for n in names],
         "wisps": [f"results/{target}/references/wisps/wisp_{d.lower()}_{filt.lower()}.fits" for d in wisp_detectors],
     }
+
+
+# ----------------------------------------------------------------------- early validation (rules/validation.smk)
+VALIDATION = config["validation"]["enabled"]
+
+
+def validation_filters(target):
+    """Every filter of a target's exposures, science and off-field."""
+    return sorted(exposures_of(target, role=None)["filter"].unique())
+
+
+def validated_path(target, name):
+    return f"results/{target}/validated/{name}_cal.fits"
+
+
+def validation_band_report(target, filter):
+    return f"results/{target}/validation/{filter}_validated.tsv"
+
+
+def validation_report_path(target):
+    return f"results/{target}/validation/{target}_validation.tsv"
+
+
+def skipped_inputs(target):
+    """Input files of ``target`` left out at parse time (validation.on_bad_exposure: skip)."""
+    return json_param([{"path": s["path"], "faults": s["faults"]} for s in SKIPPED if s["target"] == target])
 
 
 # ----------------------------------------------------------------------- real data, Stage 1 and 2 (rules/stage12.smk)

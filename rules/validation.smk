@@ -7,29 +7,7 @@
 # correction starts on an unchecked exposure. A fault here always stops: the DAG is built.
 
 
-def validation_filters(target):
-    """Every filter of a target's exposures, science and off-field."""
-    return sorted(exposures_of(target, role=None)["filter"].unique())
-
-
-def validated_path(target, name):
-    return f"results/{target}/validated/{name}_cal.fits"
-
-
-def validation_band_report(target, filter):
-    return f"results/{target}/validation/{filter}_validated.tsv"
-
-
-def validation_report_path(target):
-    return f"results/{target}/validation/{target}_validation.tsv"
-
-
-def skipped_inputs(target):
-    """Input files of ``target`` left out at parse time (validation.on_bad_exposure: skip)."""
-    return json_param([{"path": s["path"], "faults": s["faults"]} for s in SKIPPED if s["target"] == target])
-
-
-for _target in SELECTED.index:
+for _target in SELECTED.index if VALIDATION else []:
     for _filter in validation_filters(_target):
         _names = list(exposures_of(_target, _filter, role=None)["name"])
 
@@ -44,7 +22,7 @@ for _target in SELECTED.index:
             params:
                 script=script_path("validate_inputs.py"),
                 channels=",".join(config["mosaic"]["scale_multiple"]),
-                link_dir=f"results/{_target}/validated",
+                link_dir=lambda wildcards, output: os.path.dirname(output.links[0]),
             log:
                 f"logs/validate_inputs/{_target}/{_filter}.log",
             benchmark:

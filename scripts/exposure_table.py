@@ -106,6 +106,8 @@ def validated_files(row, config, level, files, skipped) -> list[Path]:
     import validate_inputs
     import wfutils
 
+    if not config.get("validation", {}).get("enabled", True):
+        return files
     on_bad = config.get("validation", {}).get("on_bad_exposure", "stop")
     channels = tuple(config.get("mosaic", {}).get("scale_multiple", {}) or ("NRC_SW", "NRC_LW", "MIRI"))
     cache = Path(".snakemake") / "jwstflow_validation" / f"{row['target']}_{level}.json"
