@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -48,11 +49,16 @@ def atomic_output(path: str | os.PathLike):
     """Yield a temporary path next to ``path``; rename it into place only on success.
 
     The temporary name keeps the final suffix (jwst picks the writer from it) and
-    carries the process id, so concurrent jobs never share a temporary file.
+    carries the process id, so concurrent jobs never share a temporary file. Temporary
+    files of ``path`` left by an earlier, killed attempt (Snakemake runs one job per output
+    at a time) are removed first.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")
+    for stale in final.parent.glob(glob.escape(f".{final.stem}.tmp") + "*" + glob.escape(final.suffix)):
+        if stale != tmp and stale.name[len(final.stem) + 5 : len(stale.name) - len(final.suffix)].isdigit():
+            stale.unlink(missing_ok=True)
     try:
         yield tmp
         os.replace(tmp, final)
