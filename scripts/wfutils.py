@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -56,8 +57,9 @@ def atomic_output(path: str | os.PathLike):
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")
-    for stale in final.parent.glob(glob.escape(f".{final.stem}.tmp") + "*" + glob.escape(final.suffix)):
-        if stale != tmp and stale.name[len(final.stem) + 5 : len(stale.name) - len(final.suffix)].isdigit():
+    leftover = re.compile(rf"\.{re.escape(final.stem)}\.tmp\d+(\..+)?{re.escape(final.suffix)}")
+    for stale in final.parent.glob(glob.escape(f".{final.stem}.tmp") + "*"):
+        if stale != tmp and leftover.fullmatch(stale.name):
             stale.unlink(missing_ok=True)
     try:
         yield tmp
