@@ -272,6 +272,8 @@ def test_a_run_killed_while_writing_a_mosaic_resumes_to_identical_products(galax
     workdir, caught = interrupted_run
     assert_same_mosaics(first, workdir, "after a SIGKILL and a rerun")
     assert not caught.exists(), f"{caught.name}, left by the killed job, was not cleaned up by its rerun"
+    leftovers = [p.name for p in (workdir / "results").rglob(".*.tmp*")]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
     log = (workdir / "killed_run.log").read_text()
     assert "Finished job" in log, "the kill came before any job had finished"
 
