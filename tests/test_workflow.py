@@ -93,17 +93,17 @@ def input_checksums(workdir):
 def interrupted_run(tmp_path_factory, galaxy_runs):
     """The galaxy run killed (SIGKILL to Snakemake and all its jobs) while a mosaic is being
     written, then resumed as a user would: `snakemake --unlock`, then the same command (the
-    default profile has rerun-incomplete). The simulated inputs are copied (with their times)
-    from the first galaxy run, so only the science path runs here.
+    default profile has rerun-incomplete). Everything before the mosaic stage is copied (with
+    its file times) from the first galaxy run, so only Stage 3 runs here: grid, tiles, outlier
+    detection, drizzle, gather, correlated noise of every band.
 
     Returns (workdir, the temporary file the kill interrupted).
     """
     first, _ = galaxy_runs[0]
     workdir = tmp_path_factory.mktemp("galaxy_killed")
     override = write_override(workdir / "override.yaml", {"clean": False, "targets": ["NGC0628"]})
-    for folder in INPUT_FOLDERS:
-        shutil.copytree(first / "results" / "NGC0628" / folder, workdir / "results" / "NGC0628" / folder,
-                        ignore=shutil.ignore_patterns("mosaics"))  # fmt: skip
+    stage3 = shutil.ignore_patterns("mosaic", "mosaics", "outliers", "drizzled")
+    shutil.copytree(first / "results", workdir / "results", symlinks=True, ignore=stage3)
     caught = run_until_a_mosaic_is_being_written(workdir, override)
     assert caught.exists(), "the interrupted temporary mosaic should be left behind by SIGKILL"
     assert not caught.with_name(final_name(caught)).exists(), "a half-written mosaic took its final name"
