@@ -322,6 +322,7 @@ def test_workflow_stops_before_any_job_naming_each_bad_file(real_corpus, tmp_pat
     assert not (workdir / "results").exists(), "a job ran although the inputs were rejected"
 
 
+@pytest.mark.workflow
 def test_workflow_skips_bad_files_reports_them_and_processes_the_others(real_corpus, valid_files, tmp_path):
     folder, bad = real_corpus
     checksums = {p.name: p.read_bytes() for p in folder.iterdir()}
