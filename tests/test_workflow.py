@@ -120,7 +120,7 @@ def final_name(tmp):
     return TMP_MOSAIC.match(tmp.name)["stem"] + ".fits"
 
 
-def run_until_a_mosaic_is_being_written(workdir, override, timeout=3600):
+def run_until_a_mosaic_is_being_written(workdir, override, target="NGC0628", timeout=3600):
     """Start the workflow and SIGKILL its process group as soon as a temporary mosaic appears
     (gather_tiles streaming the tiles, or correlated_noise saving the final mosaic)."""
     env = {
@@ -130,7 +130,7 @@ def run_until_a_mosaic_is_being_written(workdir, override, timeout=3600):
     }
     cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
            "--configfile", str(REPO / "config" / "config.yaml"), str(override)]  # fmt: skip
-    folders = [workdir / "results" / "NGC0628" / sub for sub in ("drizzled", "mosaic")]
+    folders = [workdir / "results" / target / sub for sub in ("drizzled", "mosaic")]
     with open(workdir / "killed_run.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
