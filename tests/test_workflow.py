@@ -104,11 +104,14 @@ def interrupted_run(tmp_path_factory, galaxy_runs):
     override = write_override(workdir / "override.yaml", {"clean": False, "targets": ["NGC0628"]})
     stage3 = shutil.ignore_patterns("mosaic", "mosaics", "outliers", "drizzled")
     shutil.copytree(first / "results", workdir / "results", symlinks=True, ignore=stage3)
-    caught = run_until_a_mosaic_is_being_written(workdir, override)
+    for _attempt in range(3):
+        caught = run_until_a_mosaic_is_being_written(workdir, override)
+        result = run_snakemake(workdir, "--unlock", configfiles=[override])
+        assert result.returncode == 0, result.stderr[-3000:]
+        if caught.exists():  # else the rename beat the kill by a few ms: kill the resumed run instead
+            break
     assert caught.exists(), "the interrupted temporary mosaic should be left behind by SIGKILL"
     assert not caught.with_name(final_name(caught)).exists(), "a half-written mosaic took its final name"
-    result = run_snakemake(workdir, "--unlock", configfiles=[override])
-    assert result.returncode == 0, result.stderr[-3000:]
     checked_run(workdir, configfiles=[override])
     return workdir, caught
 
