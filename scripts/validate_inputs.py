@@ -305,7 +305,7 @@ def validate(
     """Check ``paths`` (one target's files at ``level``). Returns (good, skipped) FileChecks.
 
     ``on_bad``: ``stop`` raises ``wfutils.InputError`` listing every bad file and its faults;
-    ``skip`` returns the bad files in ``skipped`` (each logged) and the rest in ``good``.
+    ``skip`` returns the bad files in ``skipped`` (for the caller to announce) and the rest in ``good``.
     """
     if on_bad not in ("stop", "skip"):
         raise ValueError(f"on_bad must be 'stop' or 'skip', got {on_bad!r}")
@@ -317,8 +317,6 @@ def validate(
         raise wfutils.InputError(
             f"{len(bad)} of {len(checks)} exposure file(s) failed validation ({stop_note}):\n{lines}"
         )
-    for c in bad:
-        log.warning("skipping %s (validation.on_bad_exposure: skip)", c.message())
     return [c for c in checks if c.ok], bad
 
 
@@ -386,6 +384,8 @@ def main(argv=None):
         raise wfutils.InputError("no input files: a target (or band) with no exposures")
     note = f"--on-bad {args.on_bad}" + ("; files made inside the workflow cannot be skipped" if args.link_dir else "")
     good, bad = validate(args.inputs, args.level, args.on_bad, tuple(args.channels.split(",")), stop_note=note)
+    for c in bad:
+        log.warning("skipping %s (--on-bad skip)", c.message())
     log.info("%d of %d file(s) valid at level %s", len(good), len(args.inputs), args.level)
     if args.link_dir:
         link_validated([c.path for c in good], args.link_dir)
