@@ -35,7 +35,8 @@ SELECTED = exposure_table.select_targets(TARGETS_SHEET, config["targets"])
 # does not make Snakemake rerun every job.
 CONFIG_HASH = wfutils.config_hash({k: v for k, v in config.items() if k != "targets"})
 os.environ[wfutils.CONFIG_HASH_ENV] = CONFIG_HASH
-EXPOSURES = exposure_table.build_exposure_table(SELECTED, config)
+SKIPPED = []  # input files left out by validation.on_bad_exposure: skip (rules/validation.smk)
+EXPOSURES = exposure_table.build_exposure_table(SELECTED, config, skipped=SKIPPED)
 
 
 wildcard_constraints:
@@ -172,6 +173,11 @@ def steps_before(upto):
 
 
 def cal_path(target, name):
+    """Stage-2 calibrated exposure as the corrections read it: validated (rules/validation.smk)."""
+    return validated_path(target, name) if VALIDATION else input_cal_path(target, name)
+
+
+def input_cal_path(target, name):
     """Stage-2 calibrated exposure: simulated, given by the user, or made by Stage 1/2."""
     row = target_row(target)
     if row["input"] == "simulate":
@@ -378,6 +384,8 @@ def all_products(wildcards=None):
         products += psf_products(target)  # PSF-matched images, kernels' tables (rules/psf.smk)
         products += finishing_products(target)  # release directory (rules/finishing.smk)
         products += catalog_products(target)  # rules/catalogs.smk
+        if VALIDATION:
+            products.append(validation_report_path(target))
     return products
 
 
@@ -420,6 +428,32 @@ def simulated_band_outputs(target, filt):
         "truth": [f"results/{target}/truth/exposures/{n}_truth.fits" for n in names],
         "wisps": [f"results/{target}/references/wisps/wisp_{d.lower()}_{filt.lower()}.fits" for d in wisp_detectors],
     }
+
+
+# ----------------------------------------------------------------------- early validation (rules/validation.smk)
+VALIDATION = config["validation"]["enabled"]
+
+
+def validation_filters(target):
+    """Every filter of a target's exposures, science and off-field."""
+    return sorted(exposures_of(target, role=None)["filter"].unique())
+
+
+def validated_path(target, name):
+    return f"results/{target}/validated/{name}_cal.fits"
+
+
+def validation_band_report(target, filter):
+    return f"results/{target}/validation/{filter}_validated.tsv"
+
+
+def validation_report_path(target):
+    return f"results/{target}/validation/{target}_validation.tsv"
+
+
+def skipped_inputs(target):
+    """Input files of ``target`` left out at parse time (validation.on_bad_exposure: skip)."""
+    return json_param([{"path": s["path"], "faults": s["faults"]} for s in SKIPPED if s["target"] == target])
 
 
 # ----------------------------------------------------------------------- real data, Stage 1 and 2 (rules/stage12.smk)

@@ -8,6 +8,7 @@ input directory (MAST names ``jw..._uncal|rate|cal.fits``).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -98,8 +99,34 @@ def simulated_rows(row, config) -> list[dict]:
     ]
 
 
-def real_rows(row, config) -> list[dict]:
-    """Exposure rows from the primary headers of a real target's input files."""
+def validated_files(row, config, level, files, skipped) -> list[Path]:
+    """The input files of a real target that pass ``validate_inputs`` (issue 13). A bad file stops
+    the workflow with every fault listed, or with ``validation.on_bad_exposure: skip`` is left out
+    of the exposure table, announced on stderr and appended to ``skipped`` ({target, path, faults})."""
+    import validate_inputs
+    import wfutils
+
+    if not config.get("validation", {}).get("enabled", True):
+        return files
+    on_bad = config.get("validation", {}).get("on_bad_exposure", "stop")
+    channels = tuple(config.get("mosaic", {}).get("scale_multiple", {}) or ("NRC_SW", "NRC_LW", "MIRI"))
+    cache = Path(".snakemake") / "jwstflow_validation" / f"{row['target']}_{level}.json"
+    try:
+        good, bad = validate_inputs.validate(files, level, on_bad, channels, cache_file=cache)
+    except wfutils.InputError as exc:
+        raise SheetError(f"target {row['target']}: {exc}") from None
+    for check in bad:
+        print(f"validation: skipping {check.message()} (validation.on_bad_exposure: skip)", file=sys.stderr)
+        skipped.append({"target": row["target"], "path": check.path, "faults": check.faults})
+    if not good:
+        raise SheetError(
+            f"target {row['target']}: no exposures left in {row['input']}: all {len(files)} failed validation"
+        )
+    return [Path(c.path) for c in good]
+
+
+def real_rows(row, config, skipped=None) -> list[dict]:
+    """Exposure rows from the primary headers of a real target's input files that pass validation."""
     from astropy.io import fits
 
     level = input_level(row, config)
@@ -109,6 +136,7 @@ def real_rows(row, config) -> list[dict]:
     files = sorted(directory.glob(f"jw*{LEVEL_SUFFIX[level]}"))
     if not files:
         raise SheetError(f"target {row['target']}: no exposures in {directory} (looked for jw*{LEVEL_SUFFIX[level]})")
+    files = validated_files(row, config, level, files, [] if skipped is None else skipped)
     offfield = {o.strip().zfill(3) for o in str(row.get("offfield_obs", "")).split(",") if o.strip()}
     rows = []
     for path in files:
@@ -156,12 +184,16 @@ def with_previous(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def build_exposure_table(selected: pd.DataFrame, config) -> pd.DataFrame:
-    """One row per exposure of the selected targets, indexed by (target, name)."""
+def build_exposure_table(selected: pd.DataFrame, config, skipped=None) -> pd.DataFrame:
+    """One row per exposure of the selected targets, indexed by (target, name). Input files that
+    fail validation and are skipped are appended to ``skipped`` (see ``validated_files``)."""
     rows = []
     for _, row in selected.iterrows():
-        rows += simulated_rows(row, config) if row["input"] == "simulate" else real_rows(row, config)
+        rows += simulated_rows(row, config) if row["input"] == "simulate" else real_rows(row, config, skipped)
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    empty = [t for t in selected.index if not (table["target"] == t).any()]
+    if empty:
+        raise SheetError(f"target(s) {', '.join(empty)} have no exposures (check the layout or input directory)")
     duplicated = table[table.duplicated(["target", "name"])]
     if len(duplicated):
         raise SheetError(f"exposure(s) claimed twice: {', '.join(duplicated['name'])}")

@@ -842,6 +842,9 @@ def json_report(report, records, params, grid_info) -> dict:
             if len(comps) > 1:
                 where = f"visit {group['key']}" if "key" in group else "mosaic"
                 warnings_.append(f"{where}: overlap graph has {len(comps)} components, solved separately")
+                files = {im["name"]: im["file"] for im in images}
+                warnings_ += [f"{where}: {files.get(c[0], c[0])} overlaps no other image; its level is left unmatched"
+                              for c in comps if len(c) == 1]  # fmt: skip
     limit = params.get("warn_formal_error_mjysr")
     weak = [im["name"] for im in images if limit is not None and im["formal_error_mjysr"] > limit]
     if weak:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -48,11 +50,17 @@ def atomic_output(path: str | os.PathLike):
     """Yield a temporary path next to ``path``; rename it into place only on success.
 
     The temporary name keeps the final suffix (jwst picks the writer from it) and
-    carries the process id, so concurrent jobs never share a temporary file.
+    carries the process id, so concurrent jobs never share a temporary file. Temporary
+    files of ``path`` left by an earlier, killed attempt (Snakemake runs one job per output
+    at a time) are removed first.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.stem}.tmp{os.getpid()}{final.suffix}")
+    leftover = re.compile(rf"\.{re.escape(final.stem)}\.tmp\d+(\..+)?{re.escape(final.suffix)}")
+    for stale in final.parent.glob(glob.escape(f".{final.stem}.tmp") + "*"):
+        if stale != tmp and leftover.fullmatch(stale.name):
+            stale.unlink(missing_ok=True)
     try:
         yield tmp
         os.replace(tmp, final)

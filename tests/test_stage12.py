@@ -64,9 +64,22 @@ SHEET_COLUMNS = [
 
 
 # ----------------------------------------------------------------------- fixtures
+def minimal_extensions(path):
+    """Tiny extensions of an uncal (ramp in DN) or rate (DN/s) file, enough to pass scripts/validate_inputs.py."""
+    if path.name.endswith("_uncal.fits"):
+        sci = fits.ImageHDU(np.ones((1, 2, 8, 8), np.uint16), name="SCI")
+        sci.header["BUNIT"] = "DN"
+        return [sci, fits.ImageHDU(np.zeros((8, 8), np.uint32), name="PIXELDQ"),
+                fits.ImageHDU(np.zeros((1, 2, 8, 8), np.uint8), name="GROUPDQ")]  # fmt: skip
+    sci = fits.ImageHDU(np.ones((8, 8), np.float32), name="SCI")
+    sci.header["BUNIT"] = "DN/s"
+    extra = [fits.ImageHDU(np.ones((8, 8), np.float32), name=n) for n in ("ERR", "VAR_POISSON", "VAR_RNOISE")]
+    return [sci, fits.ImageHDU(np.zeros((8, 8), np.uint32), name="DQ"), *extra]
+
+
 @pytest.fixture(scope="module")
 def workflow_setup(tmp_path_factory):
-    """A real target (uncal files with primary headers only) and a tiny simulated one, plus config override."""
+    """A real target (uncal files: primary headers and tiny arrays) and a tiny simulated one, plus config override."""
     root = tmp_path_factory.mktemp("stage12")
     input_dir, rate_dir = root / "input", root / "rates"
     input_dir.mkdir()
@@ -87,7 +100,7 @@ def workflow_setup(tmp_path_factory):
         header["VISIT"] = "001"
         header["EFFEXPTM"] = 100.0
         header["PATT_NUM"] = dither
-        fits.PrimaryHDU(header=header).writeto(path)
+        fits.HDUList([fits.PrimaryHDU(header=header), *minimal_extensions(path)]).writeto(path)
     rows = [
         ["REALGAL", "10.0", "-5.0", "5.0", str(input_dir), "", "1234", "uncal", "003,004", "fake real data"],
         ["RATEGAL", "11.0", "-5.0", "5.0", str(rate_dir), "", "1234", "rate", "003", "fake real data, rate level"],

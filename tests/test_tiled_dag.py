@@ -73,6 +73,8 @@ def big_target(tmp_path_factory):
                 "targets": ["BIG"],
                 "corrections": {step: {**cfg, "enabled": False} for step, cfg in corrections.items()},
                 "anchoring": {"enabled": False},
+                # header-only stand-ins (no arrays, no gwcs): input validation would reject them
+                "validation": {"enabled": False},
                 "mosaic": {"tile_size_px": TILE_SIZE},
             }
         )

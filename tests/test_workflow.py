@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, run_snakemake
+from conftest import BIN, REPO, run_snakemake
 
 pytestmark = pytest.mark.workflow
 SCALE = 0.0625  # 1/16 of the real detectors: 128 x 128 SW pixels
@@ -35,8 +41,8 @@ def write_override(path, extra: dict) -> str:
     return str(path)
 
 
-def checked_run(workdir, *args, configfiles=()):
-    result = run_snakemake(workdir, "--cores", "2", *args, configfiles=configfiles)
+def checked_run(workdir, *args, configfiles=(), cores=2):
+    result = run_snakemake(workdir, "--cores", str(cores), *args, configfiles=configfiles)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -52,26 +58,107 @@ def clean_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def galaxy_runs(tmp_path_factory):
-    """The galaxy with all effects on, run twice (2 cores) in separate directories.
+    """The galaxy with all effects on, run twice in separate directories: with 2 cores, then
+    with 1 (same products whatever runs concurrently: no shared temporary names).
 
-    Between the simulation and the rest of the first run the simulated inputs are
-    checksummed, to prove the downstream steps never modify them.
+    Between the simulation and the rest of the first run every input of the science path
+    (exposures, references, truth) is checksummed, to prove the downstream steps never modify them.
     """
     runs = []
-    for i in range(2):
+    for i, cores in enumerate((2, 1)):
         workdir = tmp_path_factory.mktemp(f"galaxy{i}")
         override = write_override(workdir / "override.yaml", {"clean": False, "targets": ["NGC0628"]})
         checksums = None
         if i == 0:
-            checked_run(workdir, "results/NGC0628/truth/NGC0628_exposures_truth.ecsv", configfiles=[override])
-            checksums = tree_checksums(workdir / "results" / "NGC0628" / "simulated")
-        checked_run(workdir, configfiles=[override])
+            checked_run(workdir, *SIMULATION_PRODUCTS, configfiles=[override])
+            checksums = input_checksums(workdir)
+        checked_run(workdir, configfiles=[override], cores=cores)
         runs.append((workdir, checksums))
     return runs
 
 
-def tree_checksums(folder):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*.fits"))}
+SIMULATION_PRODUCTS = ("results/NGC0628/truth/NGC0628_exposures_truth.ecsv", "results/NGC0628/truth/sky_truth.json")
+INPUT_FOLDERS = ("simulated", "references", "truth")  # what the simulation writes: a real survey's inputs
+
+
+def input_checksums(workdir):
+    """SHA-256 of every file the simulation wrote (exposures, references, truth), by relative path."""
+    root = workdir / "results" / "NGC0628"
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in INPUT_FOLDERS
+        for p in sorted((root / folder).rglob("*"))
+        if p.is_file() and not p.is_symlink() and not p.relative_to(root).parts[1:2] == ("mosaics",)
+    }
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory, galaxy_runs):
+    """The galaxy run killed (SIGKILL to Snakemake and all its jobs) while a mosaic is being
+    written, then resumed as a user would: `snakemake --unlock`, then the same command (the
+    default profile has rerun-incomplete). Everything before the mosaic stage is copied (with
+    its file times) from the first galaxy run, so only Stage 3 runs here: grid, tiles, outlier
+    detection, drizzle, gather, correlated noise of every band.
+
+    Returns (workdir, the temporary file the kill interrupted).
+    """
+    first, _ = galaxy_runs[0]
+    workdir = tmp_path_factory.mktemp("galaxy_killed")
+    override = write_override(workdir / "override.yaml", {"clean": False, "targets": ["NGC0628"]})
+    stage3 = shutil.ignore_patterns("mosaic", "mosaics", "outliers", "drizzled")
+    shutil.copytree(first / "results", workdir / "results", symlinks=True, ignore=stage3)
+    for _attempt in range(3):
+        caught = run_until_a_mosaic_is_being_written(workdir, override)
+        result = run_snakemake(workdir, "--unlock", configfiles=[override])
+        assert result.returncode == 0, result.stderr[-3000:]
+        if caught.exists():  # else the rename beat the kill by a few ms: kill the resumed run instead
+            break
+    assert caught.exists(), "the interrupted temporary mosaic should be left behind by SIGKILL"
+    assert not caught.with_name(final_name(caught)).exists(), "a half-written mosaic took its final name"
+    checked_run(workdir, configfiles=[override])
+    return workdir, caught
+
+
+TMP_MOSAIC = re.compile(r"^\.(?P<stem>.+_i2d)\.tmp\d+\.fits$")  # wfutils.atomic_output's temporary name
+
+
+def final_name(tmp):
+    return TMP_MOSAIC.match(tmp.name)["stem"] + ".fits"
+
+
+def run_until_a_mosaic_is_being_written(workdir, override, target="NGC0628", timeout=3600):
+    """Start the workflow and SIGKILL its process group as soon as a temporary mosaic appears
+    (gather_tiles streaming the tiles, or correlated_noise saving the final mosaic)."""
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "STPIPE_DISABLE_CRDS_STEPPARS": "true",
+    }
+    cmd = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
+           "--configfile", str(REPO / "config" / "config.yaml"), str(override)]  # fmt: skip
+    folders = [workdir / "results" / target / sub for sub in ("drizzled", "mosaic")]
+    with open(workdir / "killed_run.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        caught = None
+        try:
+            while caught is None and proc.poll() is None and time.monotonic() < deadline:
+                for folder in folders:
+                    names = os.listdir(folder) if folder.is_dir() else []
+                    hits = [n for n in names if TMP_MOSAIC.match(n)]
+                    if hits:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        caught = folder / hits[0]
+                        break
+                time.sleep(0.002)
+        finally:
+            if proc.poll() is None and caught is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert caught is not None, (
+        f"no mosaic was seen being written (exit {proc.returncode}); see {workdir}/killed_run.log"
+    )
+    return caught
 
 
 def mosaics(workdir):
@@ -150,23 +237,51 @@ def test_mosaics_are_image_models_with_provenance(clean_run):
 
 
 # ----------------------------------------------------------------------------- reruns and inputs
-def test_two_runs_give_identical_mosaics(galaxy_runs):
+def assert_same_mosaics(first, second, what):
+    """Every mosaic array of ``first`` equals ``second``'s bit for bit (headers carry dates and are not compared)."""
     from astropy.io import fits
 
-    (first, _), (second, _) = galaxy_runs
     paths = mosaics(first)
     assert len(paths) == 8
     for path in paths:
         other = second / path.relative_to(first)
-        for ext in ("SCI", "ERR", "WHT", "CON"):
+        for ext in ("SCI", "ERR", "WHT", "CON", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT"):
             a, b = fits.getdata(path, ext), fits.getdata(other, ext)
-            assert np.array_equal(a, b, equal_nan=True), f"{path.name}[{ext}] differs between runs"
+            assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True), f"{path.name}[{ext}] differs {what}"
+
+
+def test_two_runs_with_1_and_2_cores_give_identical_mosaics(galaxy_runs):
+    (first, _), (second, _) = galaxy_runs
+    assert_same_mosaics(first, second, "between a --cores 2 and a --cores 1 run")
 
 
 def test_inputs_are_never_modified(galaxy_runs):
     workdir, before = galaxy_runs[0]
-    after = tree_checksums(workdir / "results" / "NGC0628" / "simulated")
-    assert before and after == before
+    after = input_checksums(workdir)
+    assert len(before) > 300 and any(k.startswith("references/") for k in before)
+    assert after == before
+
+
+def test_corrections_read_the_validated_exposures(galaxy_runs):
+    """Every exposure enters the corrections through results/<t>/validated/, a link to the unmodified input."""
+    workdir, _ = galaxy_runs[0]
+    root = workdir / "results" / "NGC0628"
+    links = sorted((root / "validated").glob("*_cal.fits"))
+    assert len(links) == len(list((root / "simulated" / "cal").glob("*_cal.fits")))
+    assert all(p.is_symlink() and p.resolve() == (root / "simulated" / "cal" / p.name).resolve() for p in links)
+    report = (root / "validation" / "NGC0628_validation.tsv").read_text().splitlines()
+    assert len(report) == len(links) + 1 and all(row.split("\t")[4] == "ok" for row in report[1:])
+
+
+def test_a_run_killed_while_writing_a_mosaic_resumes_to_identical_products(galaxy_runs, interrupted_run):
+    (first, _), _ = galaxy_runs
+    workdir, caught = interrupted_run
+    assert_same_mosaics(first, workdir, "after a SIGKILL and a rerun")
+    assert not caught.exists(), f"{caught.name}, left by the killed job, was not cleaned up by its rerun"
+    leftovers = [p.name for p in (workdir / "results").rglob(".*.tmp*")]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+    log = (workdir / "killed_run.log").read_text()
+    assert "Finished job" in log, "the kill came before any job had finished"
 
 
 def test_a_second_run_has_nothing_to_do(galaxy_runs):
