@@ -20,7 +20,7 @@ def workflow_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
-def run_snakemake(workdir: Path, *args: str, configfiles=(), timeout: int = 1800) -> subprocess.CompletedProcess:
+def run_snakemake(workdir: Path, *args: str, configfiles=(), timeout: int = 3600) -> subprocess.CompletedProcess:
     """Run the workflow in ``workdir`` (results/, logs/ go there) and return the finished process."""
     env = {
         **os.environ,

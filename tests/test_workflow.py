@@ -35,6 +35,10 @@ def write_override(path, extra: dict) -> str:
     # PSF matching (~100 jobs for both targets) runs in its own workflow test (tests/test_psf.py).
     data["psf"] = {"enabled": False}
     data["catalogs"] = {"enabled": False}  # tests/test_catalogs.py runs the catalog stage (its own run)
+    # ... and so do the report (tests/test_report.py) and the deep-field finishing (test_release.py,
+    # test_mosaic_background.py, test_depth.py): these runs judge the mosaics
+    data["report"] = {"enabled": False}
+    data["finishing"] = {part: {"enabled": False} for part in ("background", "depth", "release")}
     for key, value in extra.items():
         data[key] = value
     path.write_text(yaml.safe_dump(data))
