@@ -505,7 +505,7 @@ def main(argv=None):
     parser.add_argument("--log", help="log file (default: stderr)")
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
-    params = lc.parse_params(args.params, DEFAULTS)
+    params = wfutils.parse_params(args.params, DEFAULTS)
     for item in filter(None, args.band_pairs.split(",")):
         band, sep, against = item.partition("=")
         if not sep:

@@ -202,7 +202,7 @@ def main(argv=None):
     parser.add_argument("--log")
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
-    params = cc.parse_params(args.params, DEFAULTS)
+    params = wfutils.parse_params(args.params, DEFAULTS)
     paths, psf_paths = parse_band_paths(args.image, "image"), parse_band_paths(args.psf, "psf")
     missing = [b for b in paths if b not in psf_paths] + ([cc.V_BAND] if cc.V_BAND not in paths else [])
     if missing:

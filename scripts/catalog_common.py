@@ -9,7 +9,7 @@
 - ``aperture_fluxes`` is the one aperture-photometry routine (circular apertures, sigma-clipped
   local background in an annulus, errors from the ERR map) behind ``aperture_photometry.py``,
   ``concentration.py`` and ``inject_clusters.py``: real and synthetic sources are measured alike.
-- ``parse_params`` / ``read_table`` / ``write_table`` / ``write_ds9`` are the small I/O pieces.
+- ``read_table`` / ``write_table`` / ``write_ds9`` are the small I/O pieces.
 """
 
 from __future__ import annotations
@@ -31,24 +31,6 @@ DRC_EXTENSIONS = ("SCI", "ERR", "WHT")
 
 
 # --------------------------------------------------------------------------- parameters and tables
-def parse_params(text: str | None, defaults: dict) -> dict:
-    """``defaults`` updated by the JSON object ``text``; unknown keys are an error naming them."""
-    params = json.loads(json.dumps(defaults))
-    if not text:
-        return params
-    try:
-        given = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise wfutils.InputError(f"--params is not valid JSON: {exc}") from None
-    if not isinstance(given, dict):
-        raise wfutils.InputError("--params must be a JSON object")
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise wfutils.InputError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
-    params.update(given)
-    return params
-
-
 def read_table(path, required=()):
     """An ECSV/FITS table; a clear error if it is missing or lacks a required column."""
     from astropy.table import Table

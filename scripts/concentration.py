@@ -119,7 +119,7 @@ def main(argv=None):
     parser.add_argument("--log")
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
-    params = cc.parse_params(args.params, DEFAULTS)
+    params = wfutils.parse_params(args.params, DEFAULTS)
     sci, err, _, wcs = cc.read_drc(args.image, cc.V_BAND)
     library = cc.ProfileLibrary({cc.V_BAND: cc.read_psf_image(args.psf)})
     table = cc.read_table(args.photometry, ["x", "y"])

@@ -416,7 +416,7 @@ def main(argv=None):
     parser.add_argument("--log")
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
-    params = cc.parse_params(args.params, DEFAULTS)
+    params = wfutils.parse_params(args.params, DEFAULTS)
     paths = parse_band_paths(args.image, "image")
     if cc.V_BAND not in paths:
         raise wfutils.InputError(f"--image {cc.V_BAND}=... (the V band) is required")

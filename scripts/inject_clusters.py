@@ -409,7 +409,7 @@ def main(argv=None):
     parser.add_argument("--log")
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
-    params = cc.parse_params(args.params, DEFAULTS)
+    params = wfutils.parse_params(args.params, DEFAULTS)
     if args.n_clusters is not None:
         params["n_clusters"] = args.n_clusters
     if not args.distance_mpc > 0:

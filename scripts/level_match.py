@@ -931,7 +931,7 @@ def main(argv=None):
     parser.add_argument("--log", help="log file (default: stderr)")
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
-    params = lc.parse_params(args.params, DEFAULTS)
+    params = wfutils.parse_params(args.params, DEFAULTS)
     if params["model"] not in MODEL_TERMS:
         raise wfutils.InputError(f"model must be one of {sorted(MODEL_TERMS)}, got {params['model']!r}")
     if params["gauge"] not in ("mean", "reference"):

@@ -170,26 +170,6 @@ def region_mask(shape, fractions) -> np.ndarray:
     return mask
 
 
-def parse_params(text: str | None, defaults: dict) -> dict:
-    """Method parameters: ``defaults`` updated by the JSON object ``text`` (unknown keys fail)."""
-    import json
-
-    params = dict(defaults)
-    if not text:
-        return params
-    try:
-        given = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise wfutils.InputError(f"--params is not valid JSON: {exc}") from None
-    if not isinstance(given, dict):
-        raise wfutils.InputError("--params must be a JSON object")
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise wfutils.InputError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
-    params.update(given)
-    return params
-
-
 # --------------------------------------------------------------------------- image I/O
 @dataclass
 class ImageRecord:

@@ -345,7 +345,7 @@ def main(argv=None):
     parser.add_argument("--log", help="log file (default: stderr)")
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
-    params = lc.parse_params(args.params, DEFAULTS)
+    params = wfutils.parse_params(args.params, DEFAULTS)
     run(args.science, args.offfield, args.out_dir, params, args.background_dir, args.report, args.config_hash)
 
 

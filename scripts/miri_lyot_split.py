@@ -130,7 +130,7 @@ def main(argv=None):
     parser.add_argument("--log", help="log file (default: stderr)")
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
-    params = lc.parse_params(args.params, DEFAULTS)
+    params = wfutils.parse_params(args.params, DEFAULTS)
     if bool(args.imager_out) != bool(args.lyot_out):
         raise wfutils.InputError("--imager-out and --lyot-out go together")
     if args.imager_out:

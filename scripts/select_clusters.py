@@ -156,7 +156,7 @@ def main(argv=None):
     parser.add_argument("--log")
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
-    params = cc.parse_params(args.params, DEFAULTS)
+    params = wfutils.parse_params(args.params, DEFAULTS)
     if not args.distance_mpc > 0:
         raise wfutils.InputError(f"--distance-mpc must be positive, not {args.distance_mpc}")
     table = cc.read_table(

@@ -130,6 +130,24 @@ def check_image_file(path, extensions=REQUIRED_IMAGE_EXTENSIONS, unit=SURFACE_BR
         raise InputError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from exc
 
 
+def parse_params(text: str | None, defaults: dict) -> dict:
+    """``defaults`` updated by the JSON object ``text``; unknown keys are an error naming them."""
+    params = json.loads(json.dumps(defaults))
+    if not text:
+        return params
+    try:
+        given = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--params is not valid JSON: {exc}") from None
+    if not isinstance(given, dict):
+        raise InputError("--params must be a JSON object")
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise InputError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+    params.update(given)
+    return params
+
+
 def run_cli(main) -> None:
     """Run a script's ``main`` and turn InputError into a one-line message and exit code 2."""
     try:

@@ -106,7 +106,7 @@ def test_bad_inputs_fail_with_the_file_named(tmp_path):
     with pytest.raises(wfutils.InputError, match="v_drc.fits.*PHOTFLAM"):
         cc.read_drc(path)
     with pytest.raises(wfutils.InputError, match="unknown parameter"):
-        cc.parse_params(json.dumps({"nsigmaa": 3}), {"nsigma": 3.5})
+        wfutils.parse_params(json.dumps({"nsigmaa": 3}), {"nsigma": 3.5})
 
 
 # --------------------------------------------------------------------------- DOLPHOT input path
