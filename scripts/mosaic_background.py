@@ -515,12 +515,7 @@ def write_bksub(src, dst, background, bits, exposures, stats, cfg_hash, inputs):
         ("BKGSCALE", stats["scale_factor"], "pixel parameters x this (0.03/scale)"),
         ("BKGTIERU", stats.get("tiers_used", 255), "BKGMASK bits used in the fit (source-free: none)"),
     ]
-    primary = [list(c) for c in wfutils.provenance_cards(inputs, cfg_hash, "mosaic_background")]
-    primary += [list(c) for c in cards]
-    out.extra_fits = {"PRIMARY": {"header": primary}}
-    out.meta.filename = Path(dst).name
-    with wfutils.atomic_output(dst) as tmp:
-        out.save(str(tmp))
+    wfutils.save_model(out, dst, inputs, cfg_hash, "mosaic_background", cards)
     add_wcs_to_extensions(dst)
     out.close()
 

@@ -226,15 +226,6 @@ def header_cards(report: dict) -> list[tuple[str, object, str]]:
     ]
 
 
-def save_with_cards(model, path, inputs, cfg_hash, step: str, cards) -> None:
-    """``wfutils.save_model`` plus extra primary-header cards (atomic write, provenance kept)."""
-    model.meta.filename = Path(path).name
-    provenance = wfutils.provenance_cards(inputs, cfg_hash, step)
-    model.extra_fits = {"PRIMARY": {"header": [list(c) for c in (*provenance, *cards)]}}
-    with wfutils.atomic_output(path) as tmp:
-        model.save(str(tmp))
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="calibrated exposure (ImageModel FITS)")
@@ -260,7 +251,7 @@ def main(argv=None):
             report["predicted_variance"], report["sky_blocks"], report["rnoise_scale"],
             sum(report["zero_variances"].values()),
         )  # fmt: skip
-        save_with_cards(model, args.output, [args.input], args.config_hash, "noise_model", header_cards(report))
+        wfutils.save_model(model, args.output, [args.input], args.config_hash, "noise_model", header_cards(report))
 
 
 if __name__ == "__main__":

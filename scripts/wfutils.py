@@ -86,8 +86,10 @@ def save_model(model, path, inputs, cfg_hash: str | None, step: str, cards=()) -
     """Write a jwst datamodel atomically with provenance cards (and extra ``cards``) in the primary header."""
     model.meta.filename = Path(path).name
     model.extra_fits = {"PRIMARY": {"header": [list(c) for c in (*provenance_cards(inputs, cfg_hash, step), *cards)]}}
-    with atomic_output(path) as tmp:
-        model.save(str(tmp))
+    # written through a file object: given a path, stdatamodels would record the temporary name
+    # in FILENAME (its on_save hook renames meta.filename after the path)
+    with atomic_output(path) as tmp, open(tmp, "wb") as stream:
+        model.to_fits(stream)
 
 
 def write_hdulist(hdul, path, inputs, cfg_hash: str | None, step: str) -> None:
