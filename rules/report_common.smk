@@ -25,6 +25,7 @@ def report_flag(path, caption, subcategory, **labels):
 
 # Section titles, numbered (two digits: the report sorts them as text) in the order of the data flow.
 SECTION = {
+    "inputs": "00. Input validation",
     "mosaics": "01. Mosaics (quick look)",
     "composite": "02. Three-colour composite",
     "destripe": "03. 1/f destriping",
@@ -124,6 +125,7 @@ OPTIONAL_TABLES = {
     "psf_gaussian_targets": ("results/psf/gaussian_targets.ecsv", "psf_kernels.rst", "psf", "psf"),
     "depth": ("results/{target}/depth/{target}_{filter}_depth.ecsv", "depths.rst", "depth", "depth"),
     "cluster_candidates": ("results/{target}/catalogs/{target}_candidates.ecsv", "catalog.rst", "catalog", "catalogs"),
+    "input_validation": ("results/{target}/validation/{target}_validation.tsv", "validation.rst", "inputs", "validation"),
 }
 
 
@@ -135,6 +137,8 @@ def optional_step_runs(step, target):
         return background_applies(target)
     if step == "depth":
         return depth_applies(target)
+    if step == "validation":
+        return VALIDATION
     return bool(catalog_products(target))
 
 
@@ -247,6 +251,8 @@ def table_command(wildcards, input):
     """qa_plots.py subcommand turning the source(s) into TSV: JSON residuals or an ECSV table."""
     if all(str(p).endswith(".json") for p in input):
         return f"json-table {' '.join(map(shlex.quote, input))}"
+    if str(input[0]).endswith(".tsv"):
+        return f"tsv-html {shlex.quote(input[0])}"
     return f"ecsv-table {shlex.quote(input[0])}"
 
 

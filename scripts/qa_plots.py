@@ -639,8 +639,9 @@ def main(argv=None):
     p.add_argument("input")
     p.add_argument("--out", help="TSV")
     p.add_argument("--html", help="HTML page")
-    p = sub.add_parser("tsv-html", help="a TSV table as an HTML page")
+    p = sub.add_parser("tsv-html", help="a TSV table as an HTML page (and a copy of the TSV)")
     p.add_argument("input")
+    p.add_argument("--out", help="copy of the table (TSV)")
     p.add_argument("--html", required=True)
     p.add_argument("--title", default="")
     p = sub.add_parser("noise", help="error map vs measured noise and noise vs smoothing")
@@ -669,7 +670,7 @@ def main(argv=None):
     elif args.command == "ecsv-table":
         ecsv_table(args.input, args.out, args.html)
     elif args.command == "tsv-html":
-        write_table(read_tsv(args.input), html=args.html, title=args.title)
+        write_table(read_tsv(args.input), tsv=args.out, html=args.html, title=args.title)
     elif args.command == "noise":
         noise_figure(args.mosaics, args.out, args.table, html=args.html)
     elif args.command == "benchmarks":
