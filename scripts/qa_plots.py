@@ -241,7 +241,7 @@ def quicklook(path, out, max_side: int = 1200, percentiles=STRETCH_PERCENTILES, 
         fontsize=9,
     )
     save_figure(fig, out)
-    log.info("%s: quick-look %s (block %d, stretch %.4g .. %.4g MJy/sr)", Path(path).name, out, factor, lo, hi)
+    log.info("%s: quick-look %s (block %d, stretch %.7g .. %.7g MJy/sr)", Path(path).name, out, factor, lo, hi)
     return {"low": lo, "high": hi, "factor": factor}
 
 
