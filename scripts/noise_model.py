@@ -33,7 +33,6 @@ the simulator's truth is used only by the tests.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from pathlib import Path
@@ -238,10 +237,7 @@ def main(argv=None):
     wfutils.check_image_file(args.input)
     from stdatamodels.jwst import datamodels
 
-    params = json.loads(args.params)
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise wfutils.InputError(f"unknown noise_model parameter(s): {', '.join(sorted(unknown))}")
+    params = wfutils.parse_params(args.params, DEFAULTS)
     with datamodels.open(args.input) as model:
         report = correct_exposure(model, params)
         log.info(

@@ -355,11 +355,7 @@ def main(argv=None):
     from stdatamodels.jwst import datamodels
     from stdatamodels.jwst.datamodels import dqflags
 
-    params = json.loads(args.params)
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise wfutils.InputError(f"unknown persistence_mask parameter(s): {', '.join(sorted(unknown))}")
-    params = {**DEFAULTS, **params}
+    params = wfutils.parse_params(args.params, DEFAULTS)
     target = Exposure(args.input)
     pool = [Exposure(p) for p in args.history if Path(p).name != target.name]
     result = persistence_flags(target, pool, params)

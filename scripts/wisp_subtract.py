@@ -32,7 +32,6 @@ The scale goes to the primary header (WISPSCL, WISPTMPL) and to the log.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -377,11 +376,7 @@ def main(argv=None):
     wfutils.check_image_file(args.input)
     from stdatamodels.jwst import datamodels
 
-    params = json.loads(args.params)
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise wfutils.InputError(f"unknown wisp_subtract parameter(s): {', '.join(sorted(unknown))}")
-    params = {**DEFAULTS, **params}
+    params = wfutils.parse_params(args.params, DEFAULTS)
     with datamodels.open(args.input) as model:
         if not isinstance(model, datamodels.ImageModel):
             raise wfutils.InputError(f"{args.input}: expected a 2-D ImageModel (cal/rate), got {type(model).__name__}")
