@@ -12,10 +12,10 @@ from snakemake.utils import validate
 
 SCRIPTS = Path(workflow.basedir) / "scripts"
 sys.path.insert(0, str(SCRIPTS))
-import survey_plan  # noqa: E402
+from wflib import survey_plan  # noqa: E402
 import mosaic_tiles  # noqa: E402
-import wfutils  # noqa: E402
-import exposure_table  # noqa: E402
+from wflib import wfutils  # noqa: E402
+from wflib import exposure_table  # noqa: E402
 
 validate(config, schema="../config/schema/config.schema.yaml")
 

@@ -1,6 +1,6 @@
 # Early validation (issue 13): every exposure is checked before the first correction reads it.
 # A real target's input files are checked while the exposure table is built (rules/common.smk,
-# scripts/exposure_table.py), where `validation.on_bad_exposure: skip` can still leave a bad
+# scripts/wflib/exposure_table.py), where `validation.on_bad_exposure: skip` can still leave a bad
 # file out of the DAG. The cal-level files entering the corrections (simulated, made by Stage 2,
 # or given) are checked again here, one job per target and filter; the corrections read them
 # through the links under results/<t>/validated/ that this job makes only after they pass, so no

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-import astro_common as ac
-import wfutils
+from wflib import astro_common as ac
+from wflib import wfutils
 
 log = logging.getLogger("align_absolute")
 

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-import levels_common as lc
-import wfutils
+from wflib import levels_common as lc
+from wflib import wfutils
 
 log = logging.getLogger("anchor_background")
 
@@ -400,7 +400,7 @@ def parse_references(items, bitmask=None) -> dict:
 
 
 def run(mosaic_paths, reference_items, out_dir, table_path, qa_png, params, cfg_hash=None):
-    import survey_plan
+    from wflib import survey_plan
 
     bitmask = lc.dq_bitmask(params["bad_flags"])
     mosaics = {}

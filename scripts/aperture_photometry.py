@@ -28,8 +28,8 @@ import math
 
 import numpy as np
 
-import catalog_common as cc
-import wfutils
+from wflib import catalog_common as cc
+from wflib import wfutils
 from detect_sources import match_nearest, parse_band_paths
 
 log = logging.getLogger("aperture_photometry")

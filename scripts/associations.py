@@ -32,9 +32,9 @@ import math
 
 import numpy as np
 
-import catalog_common as cc
+from wflib import catalog_common as cc
 import detect_sources
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("associations")
 

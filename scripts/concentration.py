@@ -28,8 +28,8 @@ import logging
 
 import numpy as np
 
-import catalog_common as cc
-import wfutils
+from wflib import catalog_common as cc
+from wflib import wfutils
 
 log = logging.getLogger("concentration")
 

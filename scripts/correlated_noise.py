@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-import masks
+from wflib import masks
 import noise_model
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("correlated_noise")
 

@@ -35,7 +35,7 @@ import warnings
 
 import numpy as np
 
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("depth")
 

@@ -55,8 +55,8 @@ from pathlib import Path
 import numpy as np
 
 import destripe
-import masks
-import wfutils
+from wflib import masks
+from wflib import wfutils
 
 log = logging.getLogger("destripe_multitile")
 

@@ -37,8 +37,8 @@ import warnings
 
 import numpy as np
 
-import catalog_common as cc
-import wfutils
+from wflib import catalog_common as cc
+from wflib import wfutils
 
 log = logging.getLogger("detect_sources")
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 import mosaic_tiles
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("drizzle_tile")
 

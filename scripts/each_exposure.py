@@ -24,7 +24,7 @@ import shlex
 import time
 from pathlib import Path
 
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("each_exposure")
 RUNNABLE = ("wisp_subtract", "persistence_mask", "destripe", "noise_model", "miri_lyot_split", "flag_outliers")

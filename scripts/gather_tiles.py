@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import mosaic_tiles
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("gather_tiles")
 

@@ -37,10 +37,10 @@ import zlib
 
 import numpy as np
 
-import catalog_common as cc
+from wflib import catalog_common as cc
 import concentration
 import detect_sources
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("inject_clusters")
 

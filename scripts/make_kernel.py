@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 import psf_model
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("make_kernel")
 

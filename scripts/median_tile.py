@@ -35,7 +35,7 @@ import numpy as np
 
 import drizzle_tile
 import mosaic_tiles
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("median_tile")
 

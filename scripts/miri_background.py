@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-import levels_common as lc
-import wfutils
+from wflib import levels_common as lc
+from wflib import wfutils
 
 log = logging.getLogger("miri_background")
 

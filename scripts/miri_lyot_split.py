@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-import levels_common as lc
-import wfutils
+from wflib import levels_common as lc
+from wflib import wfutils
 
 log = logging.getLogger("miri_lyot_split")
 

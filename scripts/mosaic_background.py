@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("mosaic_background")
 

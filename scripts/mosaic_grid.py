@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("mosaic_grid")
 
@@ -84,7 +84,7 @@ def read_footprints(paths):
     """Per-filter stacked S_REGION vertices and each filter's channel, from the FITS headers."""
     from astropy.io import fits
 
-    import survey_plan
+    from wflib import survey_plan
 
     vertices, channels = {}, {}
     for path in paths:

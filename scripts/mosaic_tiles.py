@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("mosaic_tiles")
 
@@ -157,7 +157,7 @@ def sky_to_grid(ra, dec, grid: dict, filter_name: str):
 
 def grid_to_sky(x, y, grid: dict, filter_name: str):
     """Sky positions (ra, dec; deg) of grid pixel coordinates: the inverse of ``sky_to_grid``."""
-    from astro_common import from_tangent
+    from wflib.astro_common import from_tangent
 
     spec = filter_spec(grid, filter_name)
     scale = spec["pixel_scale"]

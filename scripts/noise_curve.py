@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 import convolve_image
-import masks
+from wflib import masks
 import noise_model
 import psf_model
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("noise_curve")
 

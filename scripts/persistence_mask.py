@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-import masks
-import wfutils
+from wflib import masks
+from wflib import wfutils
 
 log = logging.getLogger("persistence_mask")
 

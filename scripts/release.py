@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("release")
 

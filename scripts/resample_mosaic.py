@@ -12,7 +12,7 @@ import argparse
 import json
 import logging
 
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("resample_mosaic")
 

@@ -32,8 +32,8 @@ import os
 import tempfile
 from pathlib import Path
 
-import wfutils
-from wfutils import InputError
+from wflib import wfutils
+from wflib.wfutils import InputError
 
 log = logging.getLogger("jwstflow.stage1")
 

@@ -22,9 +22,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import wfutils
+from wflib import wfutils
 from run_stage1 import add_common_arguments, crds_guard, parse_steps, require_crds
-from wfutils import InputError
+from wflib.wfutils import InputError
 
 log = logging.getLogger("jwstflow.stage2")
 

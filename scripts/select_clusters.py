@@ -29,9 +29,9 @@ import logging
 
 import numpy as np
 
-import catalog_common as cc
+from wflib import catalog_common as cc
 import inject_clusters
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("select_clusters")
 

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-import catalog_common as cc
-import wfutils
+from wflib import catalog_common as cc
+from wflib import wfutils
 
 log = logging.getLogger("simulate_hst")
 

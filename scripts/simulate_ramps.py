@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("simulate_ramps")
 

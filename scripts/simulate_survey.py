@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-import survey_plan
-import wfutils
+from wflib import survey_plan
+from wflib import wfutils
 
 log = logging.getLogger("simulate_survey")
 

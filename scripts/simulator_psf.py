@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 import simulate_survey
-import wfutils
+from wflib import wfutils
 
 
 def render_psf(components, pixel_scale: float, oversample: int, size_arcsec: float, boxes_arcsec=()) -> np.ndarray:

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-import survey_plan
-import wfutils
+from wflib import survey_plan
+from wflib import wfutils
 
 log = logging.getLogger("jwstflow.validate_inputs")
 

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-import masks
-import wfutils
+from wflib import masks
+from wflib import wfutils
 
 log = logging.getLogger("wisp_subtract")
 

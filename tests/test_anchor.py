@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import anchor_background as ab
-import wfutils
+from wflib import wfutils
 
 RA0, DEC0 = 24.17, 15.78
 BLOBS = [

@@ -10,7 +10,7 @@ import pytest
 
 import simulate_ramps
 import snowball_flag
-import wfutils
+from wflib import wfutils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
 

@@ -27,8 +27,8 @@ import astrometry as bench  # noqa: E402
 
 import align_absolute  # noqa: E402
 import align_relative  # noqa: E402
-import astro_common as ac  # noqa: E402
-import wfutils  # noqa: E402
+from wflib import astro_common as ac  # noqa: E402
+from wflib import wfutils  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- pure functions

@@ -28,7 +28,7 @@ from astropy.io import fits
 from conftest import BIN, REPO
 
 import validate_inputs as vi
-import wfutils
+from wflib import wfutils
 
 SCALE = 0.0625
 TARGET = {"target": "CORPUS", "ra": 214.825, "dec": 52.825, "layout": "corpus", "program": 9005, "distance_mpc": None}

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 import associations
-import catalog_common as cc
+from wflib import catalog_common as cc
 import concentration
 import inject_clusters
 import select_clusters
-import wfutils
+from wflib import wfutils
 
 REPO = Path(__file__).resolve().parent.parent
 PSF = {"F555W": {"fwhm_px": 1.675, "wing_fraction": 0.15, "wing_width": 4.0}}

@@ -11,7 +11,7 @@ from astropy.io import fits
 
 import each_exposure
 import noise_model
-import wfutils
+from wflib import wfutils
 
 SHAPE = (128, 128)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import level_match as lm
-import wfutils
+from wflib import wfutils
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import miri_lyot_split as mls
-import wfutils
+from wflib import wfutils
 
 sys.path.insert(0, str(Path(__file__).parent / "bench"))
 import levels as bench  # noqa: E402  (tests/bench/levels.py: simulation and truth comparisons)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import miri_background as mb
-import wfutils
+from wflib import wfutils
 
 SHAPE = (64, 80)
 NOISE = 0.08  # MJy/sr per pixel

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mosaic_background as mb
-import wfutils
+from wflib import wfutils
 
 SCALE = 0.03
 SHAPE = (1024, 1024)

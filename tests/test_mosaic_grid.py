@@ -7,7 +7,7 @@ import pytest
 
 import mosaic_grid
 import simulate_survey as sim
-import wfutils
+from wflib import wfutils
 
 RA0, DEC0 = 24.17, 15.78
 

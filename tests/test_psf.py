@@ -17,7 +17,7 @@ import convolve_image
 import make_kernel
 import noise_curve
 import psf_model
-import wfutils
+from wflib import wfutils
 
 FAST = {"n_wavelengths": 3, "pupil_npix": 256, "fov_arcsec": {"NRC_SW": 4.2, "NRC_LW": 6.0, "MIRI": 10.0}}
 

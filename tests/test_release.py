@@ -148,7 +148,7 @@ def test_release_archive_readme_and_qa(release_dir):
 
 
 def test_missing_input_names_the_file(tmp_path):
-    import wfutils
+    from wflib import wfutils
 
     with pytest.raises(wfutils.InputError, match="nothere.fits"):
         release.main(["--target", "X", "--out-dir", str(tmp_path / "r"), "--mosaics", str(tmp_path / "nothere.fits")])

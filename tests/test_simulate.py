@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import simulate_survey as sim
-import survey_plan
+from wflib import survey_plan
 
 NAME_RE = re.compile(r"^jw\d{5}\d{3}\d{3}_\d{2}\d\d{2}_\d{5}_(nrc[ab][1-4]|nrc[ab]long|mirimage)$")
 

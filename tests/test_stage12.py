@@ -29,7 +29,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 import run_stage1  # noqa: E402
 import run_stage2  # noqa: E402
-import wfutils  # noqa: E402
+from wflib import wfutils  # noqa: E402
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 UNREACHABLE_CRDS = "http://127.0.0.1:9"  # connection refused at once: CRDS gives up with sys.exit

@@ -234,7 +234,7 @@ def target_grid(all_paths, target=TARGET, pixel_scale=0.031, margin=1.0) -> dict
 def make_mosaic(paths, band, grid, out) -> Path:
     """Drizzle ``paths`` of ``band`` onto the common grid with jwst ResampleStep (resample_mosaic.py)."""
     import resample_mosaic
-    import wfutils
+    from wflib import wfutils
 
     params = resample_mosaic.resample_parameters(grid, band, {"pixfrac": 1.0, "kernel": "square", "weight_type": "ivm"})
     mosaic = resample_mosaic.resample(paths, params)

@@ -220,7 +220,7 @@ def workflow_paths(workdir, target=TARGET["target"], config=None):
 
 # --------------------------------------------------------------------------- judging against the truth
 def true_snr(truth, v_image):
-    import catalog_common as cc
+    from wflib import catalog_common as cc
 
     sci, err, _, _ = cc.read_drc(v_image)
     res = cc.aperture_fluxes(sci, err, truth["x"], truth["y"], [4.0])
@@ -232,7 +232,7 @@ def evaluate(p, border=12.0):
     from astropy.table import Table
     from scipy.spatial import cKDTree
 
-    import catalog_common as cc
+    from wflib import catalog_common as cc
     import simulate_hst
     from detect_sources import match_nearest
 

@@ -182,7 +182,7 @@ def effective_fwhm_arcsec(band: str, cfg: dict, grid: dict) -> float:
     """Gaussian-equivalent FWHM of a band's mosaic PSF: the simulator's PSF model (its second moment)
     plus the drizzle's pixel smearing (native and output pixel boxes). The workflow's PSF-model
     stage provides these numbers for real data (config anchoring.fwhm_arcsec)."""
-    import survey_plan
+    from wflib import survey_plan
 
     variance = sum(w * s**2 for w, s in simulate_survey.psf_components(band, cfg["psf"]))
     native = survey_plan.CHANNELS[survey_plan.channel_of(band)]["pixscale"]

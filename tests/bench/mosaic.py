@@ -95,8 +95,8 @@ def make_exposures(folder: Path, count: int) -> list[Path]:
     from stdatamodels.jwst.datamodels import dqflags
 
     import simulate_survey as sim
-    import survey_plan
-    import wfutils
+    from wflib import survey_plan
+    from wflib import wfutils
 
     cfg = simulation_config()
     plan = [e for e in sim.target_plan(TARGET, cfg) if e.filter == FILTER and e.role == "science"][:count]
@@ -410,7 +410,7 @@ def inject_cosmic_rays(src: Path, dst: Path, rate: float = 3e-4) -> np.ndarray:
     """
     from stdatamodels.jwst import datamodels
 
-    import wfutils
+    from wflib import wfutils
 
     rng = np.random.default_rng(zlib.crc32(src.name.encode()) + 1)
     with datamodels.open(str(src)) as model:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-import survey_plan
+from wflib import survey_plan
 
 LEVEL_SUFFIX = {"uncal": "_uncal.fits", "rate": "_rate.fits", "cal": "_cal.fits"}
 TABLE_COLUMNS = [
@@ -104,7 +104,7 @@ def validated_files(row, config, level, files, skipped) -> list[Path]:
     the workflow with every fault listed, or with ``validation.on_bad_exposure: skip`` is left out
     of the exposure table, announced on stderr and appended to ``skipped`` ({target, path, faults})."""
     import validate_inputs
-    import wfutils
+    from wflib import wfutils
 
     if not config.get("validation", {}).get("enabled", True):
         return files

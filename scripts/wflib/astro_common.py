@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-import wfutils
+from wflib import wfutils
 
 log = logging.getLogger("astro_common")
 
@@ -130,7 +130,7 @@ def psf_fwhm_arcsec(filter_name: str) -> float:
 
 
 def instrument_of_filter(filter_name: str) -> str:
-    import survey_plan
+    from wflib import survey_plan
 
     try:
         return survey_plan.instrument_of(filter_name)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-import wfutils
+from wflib import wfutils
 
 V_BAND = "F555W"
 HST_BANDS = ("F275W", "F336W", "F438W", "F555W", "F814W")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-import wfutils
+from wflib import wfutils
 
 DEFAULT_BAD_FLAGS = ("DO_NOT_USE", "NON_SCIENCE")
 

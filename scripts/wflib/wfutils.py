@@ -13,7 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_IMAGE_EXTENSIONS = ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT")
 SURFACE_BRIGHTNESS_UNIT = "MJy/sr"
 CONFIG_HASH_ENV = "JWSTFLOW_CONFIG_HASH"
