@@ -5,6 +5,7 @@ import os
 import shlex
 import re
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -66,8 +67,13 @@ def exposures_of(target, filter=None, role="science"):
 
 def filters_of(target):
     """Science filters of a target, NIRCam first, then MIRI, by wavelength."""
+    return list(_filters_of(target))
+
+
+@lru_cache(maxsize=None)
+def _filters_of(target):
     rows = exposures_of(target)
-    return sorted(rows["filter"].unique(), key=lambda f: (survey_plan.instrument_of(f) == "MIRI", int(f[1:-1])))
+    return tuple(sorted(rows["filter"].unique(), key=lambda f: (survey_plan.instrument_of(f) == "MIRI", int(f[1:-1]))))
 
 
 def simulated_filters(target):
@@ -187,6 +193,9 @@ def input_cal_path(target, name):
     return f"results/{target}/stage2/{name}_cal.fits"
 
 
+# The functions below depend only on the config and the exposure table, both fixed once the
+# workflow is parsed; they are called for every job of every step, hence the caches.
+@lru_cache(maxsize=None)
 def exposure_path(target, name, upto=None):
     """Path of an image after the last applicable step before ``upto`` (all steps if None)."""
     row = EXPOSURES.loc[(target, base_name(name))]
@@ -204,11 +213,16 @@ def exposure_path(target, name, upto=None):
 
 def image_names(target, filter, upto=None):
     """Images of a band entering step ``upto`` (the mosaic if None): exposures plus Lyot parts."""
+    return list(_image_names(target, filter, upto))
+
+
+@lru_cache(maxsize=None)
+def _image_names(target, filter, upto):
     rows = exposures_of(target, filter)
     names = list(rows["name"])
     if "lyot_split" in steps_before(upto):
         names += [n + LYOT_SUFFIX for n, (_, r) in zip(rows["name"], rows.iterrows()) if step_applies("lyot_split", r)]
-    return sorted(names)
+    return tuple(sorted(names))
 
 
 def step_input(step):
@@ -218,9 +232,14 @@ def step_input(step):
 
 def band_step_io(step, target, filter):
     """(inputs, outputs) of a per-band step for one target and filter; empty if it does not apply."""
-    names = [n for n in image_names(target, filter, upto=step) if step_applies(step, EXPOSURES.loc[(target, base_name(n))])]
-    inputs = [exposure_path(target, n, upto=step) for n in names]
-    return inputs, [step_path(step, target, n) for n in names]
+    inputs, outputs = _band_step_io(step, target, filter)
+    return list(inputs), list(outputs)
+
+
+@lru_cache(maxsize=None)
+def _band_step_io(step, target, filter):
+    names = [n for n in _image_names(target, filter, step) if step_applies(step, EXPOSURES.loc[(target, base_name(n))])]
+    return tuple(exposure_path(target, n, upto=step) for n in names), tuple(step_path(step, target, n) for n in names)
 
 
 def instrument_filters(target, instrument):

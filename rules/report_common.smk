@@ -106,6 +106,12 @@ def step_figures(target):
 
 def rule_produces(path):
     """Whether some rule of the workflow makes ``path`` (a section of a later step is then shown)."""
+    return _rule_produces(path, len(workflow.rules))
+
+
+@lru_cache(maxsize=None)
+def _rule_produces(path, n_rules):
+    """``rule_produces`` for the ``n_rules`` rules defined so far (the key keeps parse-time answers apart)."""
     return any(rule.is_producer(path) for rule in workflow.rules if not rule.name.startswith("report_"))
 
 

@@ -28,9 +28,9 @@ import math
 
 import numpy as np
 
+from detect_sources import match_nearest, parse_band_paths
 from wflib import catalog_common as cc
 from wflib import wfutils
-from detect_sources import match_nearest, parse_band_paths
 
 log = logging.getLogger("aperture_photometry")
 

@@ -32,8 +32,8 @@ import math
 
 import numpy as np
 
-from wflib import catalog_common as cc
 import detect_sources
+from wflib import catalog_common as cc
 from wflib import wfutils
 
 log = logging.getLogger("associations")

@@ -40,9 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wflib import masks
 import noise_model
-from wflib import wfutils
+from wflib import masks, wfutils
 
 log = logging.getLogger("correlated_noise")
 

@@ -52,8 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wflib import masks
-from wflib import wfutils
+from wflib import masks, wfutils
 
 log = logging.getLogger("destripe")
 

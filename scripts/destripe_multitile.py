@@ -55,8 +55,7 @@ from pathlib import Path
 import numpy as np
 
 import destripe
-from wflib import masks
-from wflib import wfutils
+from wflib import masks, wfutils
 
 log = logging.getLogger("destripe_multitile")
 

@@ -37,9 +37,9 @@ import zlib
 
 import numpy as np
 
-from wflib import catalog_common as cc
 import concentration
 import detect_sources
+from wflib import catalog_common as cc
 from wflib import wfutils
 
 log = logging.getLogger("inject_clusters")

@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 
 import convolve_image
-from wflib import masks
 import noise_model
 import psf_model
-from wflib import wfutils
+from wflib import masks, wfutils
 
 log = logging.getLogger("noise_curve")
 

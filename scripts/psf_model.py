@@ -47,8 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wflib import survey_plan
-from wflib import wfutils
+from wflib import survey_plan, wfutils
 
 log = logging.getLogger("psf_model")
 

@@ -22,8 +22,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from wflib import wfutils
 from run_stage1 import add_common_arguments, crds_guard, parse_steps, require_crds
+from wflib import wfutils
 from wflib.wfutils import InputError
 
 log = logging.getLogger("jwstflow.stage2")

@@ -29,8 +29,8 @@ import logging
 
 import numpy as np
 
-from wflib import catalog_common as cc
 import inject_clusters
+from wflib import catalog_common as cc
 from wflib import wfutils
 
 log = logging.getLogger("select_clusters")

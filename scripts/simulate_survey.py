@@ -33,8 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from wflib import survey_plan
-from wflib import wfutils
+from wflib import survey_plan, wfutils
 
 log = logging.getLogger("simulate_survey")
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 import associations
-from wflib import catalog_common as cc
 import concentration
 import inject_clusters
 import select_clusters
+from wflib import catalog_common as cc
 from wflib import wfutils
 
 REPO = Path(__file__).resolve().parent.parent

@@ -25,8 +25,10 @@ import stripe_metric as sm  # noqa: E402
 
 import destripe  # noqa: E402
 import destripe_multitile as dmt  # noqa: E402
-from wflib import masks  # noqa: E402
-from wflib import wfutils  # noqa: E402
+from wflib import (
+    masks,  # noqa: E402
+    wfutils,  # noqa: E402
+)
 
 SCALE = 0.25
 # local block background for the galaxy at scale 0.25 (16 columns x 65 rows is the full-size setting;

@@ -232,9 +232,9 @@ def evaluate(p, border=12.0):
     from astropy.table import Table
     from scipy.spatial import cKDTree
 
-    from wflib import catalog_common as cc
     import simulate_hst
     from detect_sources import match_nearest
+    from wflib import catalog_common as cc
 
     truth = Table.read(p["truth"])
     snr, shape = true_snr(truth, p["images"]["F555W"])

@@ -95,8 +95,7 @@ def make_exposures(folder: Path, count: int) -> list[Path]:
     from stdatamodels.jwst.datamodels import dqflags
 
     import simulate_survey as sim
-    from wflib import survey_plan
-    from wflib import wfutils
+    from wflib import survey_plan, wfutils
 
     cfg = simulation_config()
     plan = [e for e in sim.target_plan(TARGET, cfg) if e.filter == FILTER and e.role == "science"][:count]
