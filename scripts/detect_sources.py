@@ -5,8 +5,9 @@ Method. The V-band (F555W) drizzled image, minus a smooth background (photutils
 with ``DAOStarFinder`` (Gaussian kernel of FWHM 2.5 px; threshold ``nsigma`` x the sky noise map,
 the paper's 3.5 sigma of DOLPHOT). The detections start a PSF-fitting point-source catalog made
 with photutils' ``PSFPhotometry`` (the role DOLPHOT plays in the paper, which is not available
-here): positions and fluxes are fitted in V with the band's PSF model, then fluxes are fitted at
-those fixed positions in every other band, so V is the positional reference across bands.
+here): positions and fluxes are fitted in V with the band's PSF model (a fit that ends within
+``duplicate_separation_px`` of a brighter one fitted the same light and is dropped), then fluxes
+are fitted at those fixed positions in every other band, so V is the positional reference.
 ``--dolphot CATALOG`` replaces this step by a DOLPHOT catalog (run on the V image as reference),
 given either as DOLPHOT's own output -- the ``<name>.phot`` text file with ``<name>.phot.columns``
 (or ``<name>.columns``) next to it, read by its column descriptions: global x, y, S/N,
@@ -52,6 +53,7 @@ DEFAULTS = {
     "bkg_filter_px": 3,
     "fit_shape_px": 5,
     "max_fit_shift_px": 1.0,
+    "duplicate_separation_px": 1.0,  # PSF fits this close (0.6 V PSF FWHM) fitted the same light: one source
     "group_separation_px": 0.0,  # > 0 fits sources closer than this together (slower)
     "match_radius_px": 2.0,  # DOLPHOT <-> DAOStarFinder matching
     "border_px": 4,
@@ -211,6 +213,25 @@ def psf_positions(sci, err, psf_model, x0, y0, params: dict):
     return np.where(ok, fit["x"], x0), np.where(ok, fit["y"], y0), ok, fit
 
 
+def distinct_sources(x, y, flux, separation: float) -> np.ndarray:
+    """Mask keeping, of sources closer than ``separation`` px to each other, only the brightest.
+
+    Each detection gets its own PSF fit (Lee et al. 2022 Sec. 4.2 use DOLPHOT, which lists every
+    star once); two DAOStarFinder peaks on one extended cluster or blend can be pulled onto the
+    same light, and the catalog would list that source twice (twice in the association maps)."""
+    from scipy.spatial import cKDTree
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.ones(len(x), bool)
+    if len(x) < 2:
+        return keep
+    tree = cKDTree(np.column_stack([x, y]))
+    for i in np.argsort(-np.nan_to_num(np.asarray(flux, float), nan=-np.inf), kind="stable"):
+        if keep[i]:
+            keep[[j for j in tree.query_ball_point([x[i], y[i]], separation) if j != i]] = False
+    return keep
+
+
 def point_source_catalog(images: dict, psfs: dict, detections, params: dict):
     """PSF photometry: free positions in V, fixed positions in the other bands (a Table)."""
     from astropy.table import Table
@@ -218,6 +239,15 @@ def point_source_catalog(images: dict, psfs: dict, detections, params: dict):
     sci, err = images[cc.V_BAND]
     fit_shape = int(params["fit_shape_px"])
     x, y, ok, v = psf_positions(sci, err, psfs[cc.V_BAND], detections["x_centroid"], detections["y_centroid"], params)
+    keep = distinct_sources(x, y, v["flux"], params["duplicate_separation_px"])
+    if not keep.all():
+        log.info(
+            "%d PSF fits within %.1f px of a brighter one dropped (one source)",
+            int((~keep).sum()),
+            params["duplicate_separation_px"],
+        )
+    detections, x, y, ok = detections[keep], x[keep], y[keep], ok[keep]
+    v = {key: value[keep] for key, value in v.items()}
     table = Table()
     table["x"], table["y"] = x, y
     table["psf_ok"] = ok

@@ -5,11 +5,13 @@ log-spaced FWHM in ``fwhm_px`` x ``n_slope`` slopes in ``slope``: 12 x 18 = 216 
 paper) are inserted into the V-band image ``batch_size`` at a time at random positions (at
 least ``min_separation_px`` apart) with V magnitudes uniform between the bright end
 (``abs_mag_v``[0] + distance modulus) and the detection limit (a point source at S/N
-``limit_snr`` in the 4 px aperture, from the ERR map). Each batch is measured exactly like
-the real sources: DAOStarFinder on the image with the batch (same kernel, threshold and noise
-map as ``detect_sources.py``), a match within ``match_radius_px``, then aperture photometry and
-MCI at the detected position (``concentration.measure``; ``centring: psf`` measures at the
-V-band PSF-fitted position, as for the real sources, ``detect_sources.psf_positions``). The MCIs of detected synthetic
+``limit_snr`` in the 4 px aperture, from the ERR map). They carry photon noise like real
+sources: Poisson counts over the image's EXPTIME, their variance added to ERR. Each batch is
+measured exactly like the real sources: DAOStarFinder on the image with the batch (same kernel,
+threshold and noise map as ``detect_sources.py``), a match within ``match_radius_px``, then
+aperture photometry and MCI (``concentration.measure``) at the V-band PSF-fitted position, as for
+the real sources (``detect_sources.psf_positions``; ``centring: dao`` uses the DAOStarFinder
+centroid instead). The MCIs of detected synthetic
 clusters with V S/N >= ``hist_snr_min`` form 2D histograms with bin sizes 0.01, 0.02 and 0.04;
 each model region is the set of bins holding at least ``min_count`` clusters after smoothing by
 ``smooth_bins`` bins (holes filled): three nested selection regions, drawn as contours. The
@@ -65,11 +67,12 @@ DEFAULTS = {
     "stellar_bin": 0.04,
     "stellar_fraction": 0.9,  # of the point sources inside the stellar region
     "stellar_qfit_max": 0.3,
-    # where the synthetic clusters are measured: "dao" (DAOStarFinder centroids) or "psf" (the V-band
-    # PSF fit the real sources get, detect_sources.psf_positions). "psf" is ~5x slower and changed
-    # nothing measurable on the demo galaxy (model-region completeness 0.887 -> 0.887 with 5000
-    # clusters, 0.895 with 10000; tests/bench/catalogs.py), so "dao" is the default.
-    "centring": "dao",
+    # where the synthetic clusters are measured: "psf" (the V-band PSF fit the real sources get,
+    # detect_sources.psf_positions: the paper's "same procedure used to measure real sources") or
+    # "dao" (DAOStarFinder centroids, ~2.5x faster). With "dao" the extended synthetic clusters were
+    # centred twice as well as the real ones (median offset 0.17 vs 0.35 px at S/N 20-50,
+    # FWHM > 2.5 px); with "psf" 0.29 vs 0.35 px (tests/bench/catalogs.py).
+    "centring": "psf",
     "detection": {},  # detect_sources.py parameters (must equal those of the real detection)
     "concentration": {},  # concentration.py parameters
 }
@@ -107,8 +110,20 @@ def random_positions(rng, n, shape, border, min_sep):
     return np.array(xs), np.array(ys)
 
 
-def inject_and_measure(sci, err, noise, bkg, library, zp_ab, mag_range, params, rng, n_total, psf_model=None):
-    """Insert and measure synthetic clusters batch by batch; returns a dict of columns."""
+def with_photon_noise(sci, err, signal, exptime: float, rng):
+    """(image, ERR) with ``signal`` (e-/s) added as Poisson counts over ``exptime`` and its variance added to ERR.
+
+    Synthetic clusters must be measured like the real sources (Lee et al. 2022 Sec. 4.4): those
+    carry their own photon noise, and their S/N and MCI errors come from an ERR map that includes
+    it. Inserted noiseless, bright synthetic clusters had S/N several times too high and MCIs
+    without scatter, so the model region missed the real clusters' noisy tails."""
+    positive = np.clip(signal, 0, None)
+    image = sci + rng.poisson(positive * exptime) / exptime
+    return image, np.sqrt(err**2 + positive / exptime)
+
+
+def inject_and_measure(sci, err, noise, bkg, library, zp_ab, mag_range, params, rng, n_total, psf_model, exptime):
+    """Insert synthetic clusters (photon noise over ``exptime`` s) and measure them, batch by batch: dict of columns."""
     grid = model_grid(params)
     cols = {
         k: []
@@ -142,10 +157,11 @@ def inject_and_measure(sci, err, noise, bkg, library, zp_ab, mag_range, params, 
         models = [grid[i] for i in rng.integers(0, len(grid), len(x))]
         mags = rng.uniform(*mag_range, len(x))
         qx, qy, ix, iy, px, py = cc.quantize_position(x, y, library.os)
-        image = sci.copy()
+        signal = np.zeros_like(sci)
         for k, (fwhm, slope) in enumerate(models):
             stamp, _ = library.stamp(cc.V_BAND, int(px[k]), int(py[k]), fwhm, slope)
-            cc.add_stamp(image, stamp, int(ix[k]), int(iy[k]), 10 ** (-0.4 * (mags[k] - zp_ab)))
+            cc.add_stamp(signal, stamp, int(ix[k]), int(iy[k]), 10 ** (-0.4 * (mags[k] - zp_ab)))
+        image, image_err = with_photon_noise(sci, err, signal, exptime, rng)
         found = detect_sources.find_sources(image - bkg, noise, det_params)
         idx = detect_sources.match_nearest(
             qx,
@@ -159,9 +175,9 @@ def inject_and_measure(sci, err, noise, bkg, library, zp_ab, mag_range, params, 
         ym = np.where(detected, np.asarray(found["y_centroid"], float)[np.maximum(idx, 0)], qy)
         if params["centring"] == "psf" and detected.any():  # the real sources' positions: V-band PSF fits
             xm[detected], ym[detected], _, _ = detect_sources.psf_positions(
-                image - bkg, err, psf_model, xm[detected], ym[detected], det_params
+                image - bkg, image_err, psf_model, xm[detected], ym[detected], det_params
             )
-        res = concentration.measure(image, err, xm, ym, library, ci_params)
+        res = concentration.measure(image, image_err, xm, ym, library, ci_params)
         flux4, err4 = res["fluxes"][:, j4], res["flux_errs"][:, j4]
         batch += 1
         values = {
@@ -315,6 +331,9 @@ def run(image, psf, catalog_path, distance_mpc, params, seed, out, regions_path,
         sci, int(det_params["bkg_box_px"]), int(det_params["bkg_filter_px"]), rms=True
     )
     noise = np.where(np.isfinite(err), np.minimum(noise, err), noise)
+    exptime = float(header.get("EXPTIME", 0.0))
+    if not exptime > 0:
+        raise wfutils.InputError(f"{image}: no positive EXPTIME (the synthetic clusters' photon noise needs it)")
     mag_range = magnitude_range(err, zp_ab, library, distance_mpc, params)
     log.info(
         "synthetic clusters: %d models, V %.2f-%.2f AB at %.2f Mpc", len(model_grid(params)), *mag_range, distance_mpc
@@ -325,7 +344,7 @@ def run(image, psf, catalog_path, distance_mpc, params, seed, out, regions_path,
         raise wfutils.InputError(f"centring must be psf or dao, not {params['centring']!r}")
     psf_model = detect_sources.psf_model_from(cc.read_psf_image(psf), cc.OVERSAMPLE)
     synth = inject_and_measure(
-        sci, err, noise, bkg, library, zp_ab, mag_range, params, rng, int(params["n_clusters"]), psf_model
+        sci, err, noise, bkg, library, zp_ab, mag_range, params, rng, int(params["n_clusters"]), psf_model, exptime
     )
     elapsed = time.perf_counter() - t0
     log.info(

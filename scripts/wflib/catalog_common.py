@@ -108,7 +108,7 @@ def read_drc(path, band=None):
         err = hdul["ERR"].data.astype(np.float64)
         header = hdul["SCI"].header.copy()
         primary = hdul[0].header
-    for key in ("PHOTFLAM", "PHOTPLAM", "FILTER"):
+    for key in ("PHOTFLAM", "PHOTPLAM", "FILTER", "EXPTIME"):
         if key not in header and key in primary:
             header[key] = primary[key]
     for key in ("PHOTFLAM", "PHOTPLAM"):
