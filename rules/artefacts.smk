@@ -1,7 +1,8 @@
 # Deep-field detector artefacts (CEERS Sec. 3.1), at the exposure level before destriping:
 # wisps (a scaled template per detector and filter; a job per target, filter and detector)
 # and persistence (from the time-ordered exposures of a detector, all filters; a job per
-# target and detector). Snowballs are a ramp-level correction (rules/stage12.smk).
+# target and detector). Snowballs are a ramp-level correction (rules/stage12.smk); where it ran,
+# the wisp fit does not mask snowball wings (wisp_params).
 # The jobs run their script on each exposure through scripts/each_exposure.py, like
 # rules/exposure.smk; an exposure outside `corrections.<step>` (instrument, detectors,
 # filters, overrides) skips the step in the input functions.
@@ -36,6 +37,20 @@ def wisp_template_path(target, detector, filter):
     return fmt.format(target=target, detector=detector.lower(), filter=filter.lower())
 
 
+def wisp_params(target, outputs, instrument, filter, detector):
+    """wisp_subtract parameters of a job making ``outputs``. Exposures whose snowballs were refitted in
+    their ramps (CEERS Sec. 3.1.1, rules/stage12.smk) carry the grown snowball footprints as JUMP_DET
+    and no unflagged wings around them: when every exposure of the job is one, the fit does not mask
+    snowball wings (snowball_min_jump_px 0; with the mask, 3 radii around those footprints, the
+    1/8-scale deep field's F200W fit kept 3k of ~50k pixels in one exposure and failed in another).
+    The persistence step's wing mask serves only its fixed-pattern search (off by default)."""
+    params = json.loads(step_params("wisp_subtract", target, instrument, filter, detector))
+    names = [Path(p).name.removesuffix("_cal.fits") for p in outputs]
+    if names and all(has_ramp(target, n) for n in names):
+        params["snowball_min_jump_px"] = 0
+    return json_param(params)
+
+
 def each_exposure_args(*parts):
     """--args value of scripts/each_exposure.py (one shell word)."""
     return shlex.quote(" ".join(parts))
@@ -58,9 +73,9 @@ for _target in SELECTED.index:
                     _outputs,
                 params:
                     runner=script_path("each_exposure.py"),
-                    args=lambda wildcards, input, _t=_target, _i=_instrument, _f=_filter, _d=_detector: each_exposure_args(
+                    args=lambda wildcards, input, _t=_target, _o=_outputs, _i=_instrument, _f=_filter, _d=_detector: each_exposure_args(
                         f"--template {shlex.quote(input.template)}",
-                        f"--params {shlex.quote(step_params('wisp_subtract', _t, _i, _f, _d))}",
+                        f"--params {shlex.quote(wisp_params(_t, _o, _i, _f, _d))}",
                     ),
                     out_dir=lambda wildcards, output: os.path.dirname(output[0]),
                 log:

@@ -184,9 +184,12 @@ def cal_path(target, name):
 
 
 def input_cal_path(target, name):
-    """Stage-2 calibrated exposure: simulated, given by the user, or made by Stage 1/2."""
+    """Stage-2 calibrated exposure: simulated (rendered, or from a simulated ramp), given by the user,
+    or made by Stage 1/2."""
     row = target_row(target)
     if row["input"] == "simulate":
+        if has_ramp(target, name):
+            return simulated_stage2_path(target, name)
         return f"results/{target}/simulated/cal/{name}_cal.fits"
     if exposure_table.input_level(row, config) == "cal":
         return str(Path(row["input"]) / f"{name}_cal.fits")
@@ -438,15 +441,51 @@ def widefield_names():
 
 
 def simulated_band_outputs(target, filt):
+    """Files of a simulated band: cal files, or ramps (with gain and read noise) where the snowball
+    correction applies; per-exposure truth (and ramp truth); wisp templates."""
     names = list(exposures_of(target, filt, role=None)["name"])
+    ramps = ramp_names(target, filt)
     wisp_cfg = config["simulation"]["effects"]["wisps"]
     detectors = set(exposures_of(target, filt, role=None)["detector"])
     wisp_detectors = sorted(detectors & set(wisp_cfg["detectors"])) if filt in wisp_cfg["amplitude_mjysr"] else []
     return {
-        "cal": [f"results/{target}/simulated/cal/{n}_cal.fits" for n in names],
-        "truth": [f"results/{target}/truth/exposures/{n}_truth.fits" for n in names],
+        "cal": [f"results/{target}/simulated/cal/{n}_cal.fits" for n in names if n not in ramps],
+        "ramps": [ramp_path(target, n, kind) for n in ramps for kind in ("ramp", "gain", "readnoise")],
+        "truth": [f"results/{target}/truth/exposures/{n}_truth.fits" for n in names]
+        + [f"results/{target}/truth/exposures/{n}_ramptruth.fits" for n in ramps],
         "wisps": [f"results/{target}/references/wisps/wisp_{d.lower()}_{filt.lower()}.fits" for d in wisp_detectors],
     }
+
+
+# ----------------------------------------------------------------------- simulated ramps (rules/stage12.smk)
+def has_ramp(target, name):
+    """Whether a simulated exposure is rendered as a ramp after the jump step: the snowball correction
+    (CEERS Sec. 3.1.1, corrections.snowball_flag) applies to it, and it works on ramps."""
+    return is_simulated(target) and step_applies("snowball_flag", EXPOSURES.loc[(target, name)])
+
+
+def ramp_names(target, filter):
+    """Exposures of a band (science and off-field) rendered as ramps."""
+    return [n for n in exposures_of(target, filter, role=None)["name"] if has_ramp(target, n)]
+
+
+def ramp_path(target, name, kind="ramp"):
+    """A simulated ramp (``kind`` ramp) or its gain or read-noise reference (``gain``, ``readnoise``)."""
+    return f"results/{target}/simulated/ramps/{name}_{kind}.fits"
+
+
+def simulated_ramp_args(target, filter):
+    """Options of ``simulate_survey.py exposures`` rendering the ramps of a band (none: empty)."""
+    names = ramp_names(target, filter)
+    return f"--ramp-dir {os.path.dirname(ramp_path(target, names[0]))} --ramps {' '.join(names)}" if names else ""
+
+
+def snowball_rate_path(target, name):
+    return f"results/{target}/snowball_flag/{name}_rate.fits"
+
+
+def simulated_stage2_path(target, name):
+    return f"results/{target}/simulated_stage2/{name}_cal.fits"
 
 
 # ----------------------------------------------------------------------- early validation (rules/validation.smk)

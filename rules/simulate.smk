@@ -30,7 +30,8 @@ rule simulate_sky:
 
 # One job renders all exposures of a filter (hundreds of small files; a job per
 # file would spend its time importing jwst). Output lists differ per band, so the
-# rule is declared once per simulated (target, filter).
+# rule is declared once per simulated (target, filter). Exposures the snowball correction
+# applies to are rendered as ramps after the jump step (rules/stage12.smk takes them on).
 for _target in [t for t in SELECTED.index if is_simulated(t)]:
     for _filter in simulated_filters(_target):
         _out = simulated_band_outputs(_target, _filter)
@@ -43,6 +44,7 @@ for _target in [t for t in SELECTED.index if is_simulated(t)]:
                 sources=f"results/{_target}/truth/sky_sources.ecsv",
             output:
                 cal=_out["cal"],
+                ramps=_out["ramps"],
                 truth=_out["truth"],
                 wisps=_out["wisps"],
                 table=f"results/{_target}/truth/tables/{_filter}_exposures_truth.ecsv",
@@ -52,6 +54,7 @@ for _target in [t for t in SELECTED.index if is_simulated(t)]:
                 target=sim_target_json(_target),
                 filter=_filter,
                 target_name=_target,
+                ramps=simulated_ramp_args(_target, _filter),
             log:
                 f"logs/simulate_exposures/{_target}/{_filter}.log",
             benchmark:
@@ -67,7 +70,7 @@ for _target in [t for t in SELECTED.index if is_simulated(t)]:
                 " --out-dir results/{params.target_name}/simulated/cal"
                 " --truth-dir results/{params.target_name}/truth/exposures"
                 " --wisp-dir results/{params.target_name}/references/wisps"
-                " --truth-table {output.table}"
+                " --truth-table {output.table} {params.ramps}"
 
 
 rule simulate_truth_table:

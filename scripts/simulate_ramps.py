@@ -19,8 +19,9 @@ after its jump step:
 * truth: the noiseless rate (DN/s), the snowball charge per pixel (DN) and the event list.
 
 ``python scripts/simulate_ramps.py --shape 512 512 --seed 1 --out-dir DIR`` writes one blank-sky
-ramp (for tests and benchmarks); ``simulate_survey.py`` calls ``write_exposure_ramp`` for the deep
-field when ``simulation.ramps.enabled`` (the hook).
+ramp (for tests and benchmarks). ``simulate_survey.py exposures --ramps`` renders the survey's
+exposures that get the snowball correction through ``simulate_ramp`` (``readout_spanning`` sets
+the readout to their exposure time) and writes them with ``write_ramp``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ DEFAULTS = {
     "halo_dn": [100.0, 600.0],
     "cosmic_rays_per_pixel_per_1000s": 0.015,
 }
+
+
+def readout_spanning(exptime: float, params: dict) -> dict:
+    """``params`` with ``ngroups`` and ``frame_time`` set so that the ramp spans ``exptime`` seconds.
+
+    As many groups of ``nframes`` + ``groupgap`` nominal frames as fit (at least 2), the frame time
+    stretched by the remainder (CEERS Sec. 3.1.1: the ramp of the whole exposure is refitted).
+    """
+    p = {**DEFAULTS, **params}
+    frames = p["nframes"] + p["groupgap"]
+    ngroups = max(2, round(exptime / (frames * p["frame_time"])))
+    return {**p, "ngroups": ngroups, "frame_time": exptime / (ngroups * frames)}
 
 
 def snowball_events(shape, params, exptime, rng):
@@ -127,15 +140,21 @@ def simulate_ramp(rate_dn_s: np.ndarray, params: dict, rng, events=None) -> dict
     }
 
 
-def ramp_model(ramp: dict, detector: str = "NRCA1"):
-    """A jwst RampModel of a simulated ramp with the exposure metadata ramp fitting reads."""
+def ramp_model(ramp: dict, detector: str = "NRCA1", header=None, pixeldq=None):
+    """A jwst RampModel of a simulated ramp with the exposure metadata ramp fitting reads.
+
+    ``header``: a datamodel whose metadata (instrument, observation, pointing in ``meta.wcsinfo``)
+    the ramp carries, as an uncal file does; ``pixeldq``: the detector's DQ (bad and reference pixels).
+    """
     from stdatamodels.jwst import datamodels
 
     p = ramp["params"]
     model = datamodels.RampModel(
         data=ramp["data"].copy(), groupdq=ramp["groupdq"].copy()
     )  # ramp fitting edits in place
-    model.pixeldq = np.zeros(ramp["data"].shape[2:], np.uint32)
+    if header is not None:
+        model.update(header)
+    model.pixeldq = np.zeros(ramp["data"].shape[2:], np.uint32) if pixeldq is None else pixeldq
     model.meta.instrument.name = "NIRCAM"
     model.meta.instrument.detector = detector
     model.meta.exposure.type = "NRC_IMAGE"
@@ -153,17 +172,20 @@ def ramp_model(ramp: dict, detector: str = "NRCA1"):
     return model
 
 
-def write_ramp(ramp: dict, out_dir, stem: str, detector: str = "NRCA1", cfg_hash=None) -> dict:
-    """``<stem>_ramp.fits``, ``<stem>_gain.fits``, ``<stem>_readnoise.fits`` and ``<stem>_ramptruth.fits``."""
+def write_ramp(ramp: dict, out_dir, stem: str, model=None, cfg_hash=None, truth_dir=None, inputs=()) -> dict:
+    """``<stem>_ramp.fits`` (``model``, default ``ramp_model(ramp)``), ``<stem>_gain.fits`` and
+    ``<stem>_readnoise.fits`` in ``out_dir``; ``<stem>_ramptruth.fits`` in ``truth_dir`` (default ``out_dir``)."""
     from astropy.io import fits
     from stdatamodels.jwst import datamodels
 
     out = Path(out_dir)
-    paths = {k: out / f"{stem}_{k}.fits" for k in ("ramp", "gain", "readnoise", "ramptruth")}
-    wfutils.save_model(ramp_model(ramp, detector), paths["ramp"], [], cfg_hash, "simulate_ramps")
-    wfutils.save_model(datamodels.GainModel(data=ramp["gain"]), paths["gain"], [], cfg_hash, "simulate_ramps")
+    paths = {k: out / f"{stem}_{k}.fits" for k in ("ramp", "gain", "readnoise")}
+    paths["ramptruth"] = Path(truth_dir or out_dir) / f"{stem}_ramptruth.fits"
+    model = ramp_model(ramp) if model is None else model
+    wfutils.save_model(model, paths["ramp"], inputs, cfg_hash, "simulate_ramps")
+    wfutils.save_model(datamodels.GainModel(data=ramp["gain"]), paths["gain"], inputs, cfg_hash, "simulate_ramps")
     wfutils.save_model(
-        datamodels.ReadnoiseModel(data=ramp["readnoise"]), paths["readnoise"], [], cfg_hash, "simulate_ramps"
+        datamodels.ReadnoiseModel(data=ramp["readnoise"]), paths["readnoise"], inputs, cfg_hash, "simulate_ramps"
     )
     events = np.array([e[:5] + (float(e[5]),) for e in ramp["events"]], float).reshape(-1, 6)
     hdul = fits.HDUList(
@@ -181,15 +203,8 @@ def write_ramp(ramp: dict, out_dir, stem: str, detector: str = "NRCA1", cfg_hash
         ]
     )
     hdul["RATE"].header["BUNIT"] = "DN/s"
-    wfutils.write_hdulist(hdul, paths["ramptruth"], [], cfg_hash, "simulate_ramps")
+    wfutils.write_hdulist(hdul, paths["ramptruth"], inputs, cfg_hash, "simulate_ramps")
     return paths
-
-
-def write_exposure_ramp(exp, sky_mjysr: np.ndarray, photmjsr: float, out_dir, seed: int, params: dict, cfg_hash=None):
-    """Hook for ``simulate_survey``: the ramp of one rendered NIRCam exposure (sky + background, MJy/sr)."""
-    rng = np.random.default_rng(seed)
-    ramp = simulate_ramp(np.clip(sky_mjysr, 0, None) / photmjsr, params, rng)
-    return write_ramp(ramp, out_dir, exp.name, exp.detector, cfg_hash)
 
 
 def blank_sky_ramp(shape, seed: int, params: dict | None = None, rate_dn_s: float = 0.3) -> dict:

@@ -1,6 +1,6 @@
 """Synthetic JWST imaging survey with known truth (the workflow's embedded default).
 
-Three sub-commands, each one Snakemake rule:
+Sub-commands, each one Snakemake rule:
 
 ``sky``
     Draw the target's sky model (smooth galaxy emission, stars, clusters, clumps,
@@ -14,7 +14,13 @@ Three sub-commands, each one Snakemake rule:
     switchable): 1/f stripes, background levels and offsets, MIRI coronagraph
     level, wisps, cosmic rays and snowballs, persistence, bad pixels, noise.
     Per-exposure truth arrays go to ``<truth-dir>/<name>_truth.fits`` and the
-    scalars to a per-filter ECSV table.
+    scalars to a per-filter ECSV table. The NIRCam exposures named by ``--ramps``
+    are written instead as ramps after the jump step (``*_ramp.fits`` with gain
+    and read-noise files, scripts/simulate_ramps.py; their cosmic rays and
+    snowballs arrive in the ramp, CEERS Sec. 3.1.1), for the workflow's Stage 1.
+``calibrate``
+    The simulated instrument's Stage 2 (CEERS Sec. 3.2): rate images (DN/s) made
+    from those ramps become ``*_cal.fits`` files like the rendered ones.
 ``truth-mosaic``
     Evaluate the noiseless astrophysical sky on the mosaic grid of one filter.
 
@@ -33,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+import simulate_ramps
 from wflib import survey_plan, wfutils
 
 log = logging.getLogger("simulate_survey")
@@ -343,8 +350,8 @@ def wcsinfo_for(attitude, exp, scale):
     }
 
 
-def build_gwcs(model, exp, scale):
-    """gwcs detector -> v2v3 -> world from an affine distortion and ``meta.wcsinfo``."""
+def build_gwcs(model, channel, scale):
+    """gwcs detector -> v2v3 -> world from an affine distortion of ``channel`` and ``meta.wcsinfo``."""
     from astropy import coordinates as coord
     from astropy import units as u
     from astropy.modeling import models as am
@@ -352,8 +359,8 @@ def build_gwcs(model, exp, scale):
     from gwcs import wcs as gwcs_wcs
     from jwst.assign_wcs import pointing
 
-    geo = survey_plan.CHANNELS[exp.channel]
-    ny, nx = survey_plan.detector_shape(exp.channel, scale)
+    geo = survey_plan.CHANNELS[channel]
+    ny, nx = survey_plan.detector_shape(channel, scale)
     info = model.meta.wcsinfo
     theta = math.radians(geo["v3yangle"])
     p = geo["vparity"]
@@ -378,7 +385,7 @@ def detector_model(exp, attitude, scale):
     model = datamodels.ImageModel(survey_plan.detector_shape(exp.channel, scale))
     for key, value in wcsinfo_for(attitude, exp, scale).items():
         setattr(model.meta.wcsinfo, key, value)
-    model.meta.wcs = build_gwcs(model, exp, scale)
+    model.meta.wcs = build_gwcs(model, exp.channel, scale)
     return model
 
 
@@ -578,16 +585,21 @@ class ExposureRenderer:
                 events.append((float(xs), float(ys), float(radius), age))
         return events
 
-    def render(self, exp):
-        """Return (ImageModel, truth arrays dict, truth scalars dict) for one exposure."""
-        rng = self.rng_for(exp.name, "noise")
+    def signal_and_effects(self, exp, rng, ramp_events: bool):
+        """(sky + background, DQ, sum of the additive artefacts, truth arrays, truth scalars) of one exposure,
+        MJy/sr; with ``ramp_events`` the cosmic rays and snowballs are left to the ramp."""
         sky = self.render_noiseless(exp)
         truth = {"SKY": sky}
         scalars = {"exposure": exp.name, "filter": exp.filter, "detector": exp.detector, "visit_id": exp.visit_id}
         truth["BKG"] = self.background_image(exp, sky.shape, rng, scalars)
-        signal = sky + truth["BKG"]
         dq = np.zeros(sky.shape, np.uint32)
-        extra = self.additive_effects(exp, sky.shape, dq, truth, scalars)
+        extra = self.additive_effects(exp, sky.shape, dq, truth, scalars, ramp_events)
+        return sky + truth["BKG"], dq, extra, truth, scalars
+
+    def render(self, exp):
+        """Return (ImageModel, truth arrays dict, truth scalars dict) for one exposure."""
+        rng = self.rng_for(exp.name, "noise")
+        signal, dq, extra, truth, scalars = self.signal_and_effects(exp, rng, ramp_events=False)
         science, variances = self.noisy_signal(exp, signal, rng)
         unusable = self.flag_unusable(exp, signal, dq)
         model = self.new_model(exp, self.header_attitude(exp))
@@ -600,6 +612,44 @@ class ExposureRenderer:
         truth["DQ_TRUE_BAD"] = unusable.astype(np.uint8)
         return model, truth, scalars
 
+    def render_ramp(self, exp):
+        """Return (RampModel after the jump step, ramp dict of simulate_ramps, truth arrays, truth scalars).
+
+        CEERS Sec. 3.1.1: the exposure's signal and artefacts (as in ``render``, times the flat) become
+        a count rate whose ramp collects the cosmic rays and snowballs; the jump step flags their
+        cores and leaves the snowball wings. The ramp carries the header of the exposure (pointing
+        with its error in ``meta.wcsinfo``) and the detector's DQ (bad and reference pixels).
+        """
+        if exp.instrument != "NIRCAM":
+            raise wfutils.InputError(f"{exp.name}: ramps are simulated for NIRCam exposures only")
+        signal, dq, extra, truth, scalars = self.signal_and_effects(exp, self.rng_for(exp.name, "noise"), True)
+        rate = (signal * self.detector_flat(exp, signal.shape) + extra) / self.channel_cfg(exp)["photmjsr"]
+        ramp = simulate_ramps.simulate_ramp(rate, self.ramp_params(exp), self.rng_for(exp.name, "ramp"))
+        truth["DQ_TRUE_BAD"] = self.flag_unusable(exp, signal, dq).astype(np.uint8)
+        scalars["snowballs"] = len(ramp["events"])
+        header = self.new_model(exp, self.header_attitude(exp))
+        self.exposure_metadata(header, exp)
+        model = simulate_ramps.ramp_model(ramp, exp.detector, header, self.detector_dq(exp, signal.shape))
+        return model, ramp, truth, scalars
+
+    def ramp_params(self, exp):
+        """simulate_ramps parameters of an exposure: ``simulation.ramps`` with a readout spanning the
+        exposure time, the channel's gain and full well, and the rates of ``effects`` (0 when off;
+        CEERS Sec. 3.1.1 sees ~25-30 snowballs per detector in ~900 s)."""
+        det, fx = self.channel_cfg(exp), self.effects
+        params = {
+            **self.sim.get("ramps", {}),
+            "gain": det["gain"],
+            "saturation_dn": det["full_well_e"] / det["gain"] if fx["saturation"]["enabled"] else math.inf,
+            "snowballs_per_fullframe_900s": (
+                fx["snowballs"]["per_fullframe_900s"] if fx["snowballs"]["enabled"] else 0.0
+            ),
+            "cosmic_rays_per_pixel_per_1000s": (
+                fx["cosmic_rays"]["hit_fraction_per_1000s"] if fx["cosmic_rays"]["enabled"] else 0.0
+            ),
+        }
+        return simulate_ramps.readout_spanning(exp.exptime, params)
+
     def background_image(self, exp, shape, rng, scalars):
         """Background level plus per-exposure offset, plus the extra level of the MIRI Lyot region."""
         level, offset = self.background(exp)
@@ -611,8 +661,11 @@ class ExposureRenderer:
             scalars["lyot_offset_mjysr"] = float(lyot_offset)
         return bkg
 
-    def additive_effects(self, exp, shape, dq, truth, scalars):
-        """Sum of the enabled additive artefacts; each one's truth goes to ``truth``, flags to ``dq``."""
+    def additive_effects(self, exp, shape, dq, truth, scalars, ramp_events=False):
+        """Sum of the enabled additive artefacts; each one's truth goes to ``truth``, flags to ``dq``.
+
+        ``ramp_events``: cosmic rays and snowballs are not painted here (the ramp collects them).
+        """
         from stdatamodels.jwst.datamodels import dqflags
 
         nircam = exp.instrument == "NIRCAM"
@@ -630,12 +683,12 @@ class ExposureRenderer:
         if nircam and self.effects["persistence"]["enabled"]:
             truth["PERSIST"] = self.persistence_image(exp, shape)
             scalars["persistence_pixels"] = int((truth["PERSIST"] > 0).sum())
-        if self.effects["cosmic_rays"]["enabled"]:
+        if self.effects["cosmic_rays"]["enabled"] and not ramp_events:
             truth["CR"], jump = cosmic_rays(
                 shape, self.effects["cosmic_rays"], exp.exptime, self.rng_for(exp.name, "cr")
             )
             dq[jump] |= dqflags.pixel["JUMP_DET"]
-        if nircam and self.effects["snowballs"]["enabled"]:
+        if nircam and self.effects["snowballs"]["enabled"] and not ramp_events:
             rng = self.rng_for(exp.name, "snowball")
             truth["SNOWBALL"], core, events = snowballs(shape, self.effects["snowballs"], exp.exptime, rng)
             dq[core] |= dqflags.pixel["JUMP_DET"]
@@ -663,28 +716,39 @@ class ExposureRenderer:
             ),
             "var_flat": (det["flat_error"] * positive) ** 2,
         }
-        flat = 1.0 + det["flat_error"] * self.rng_for(exp.detector, "flat").standard_normal(signal.shape)
+        flat = self.detector_flat(exp, signal.shape)
         if not self.effects["noise"]["enabled"]:
             return signal, variances
         noise = rng.standard_normal(signal.shape) * np.sqrt(variances["var_poisson"] + variances["var_rnoise"])
         return signal * flat + noise, variances
+
+    def detector_flat(self, exp, shape):
+        """Pixel-to-pixel response left after flat-fielding (1 + ``flat_error`` x N(0, 1)), fixed per detector."""
+        return 1.0 + self.channel_cfg(exp)["flat_error"] * self.rng_for(exp.detector, "flat").standard_normal(shape)
 
     def flag_unusable(self, exp, signal, dq):
         """Saturation, bad pixels, reference pixels and (MIRI) non-science regions; returns DO_NOT_USE."""
         from stdatamodels.jwst.datamodels import dqflags
 
         flags = dqflags.pixel
-        shape = signal.shape
-        dead = np.zeros(shape, bool)
         if self.effects["saturation"]["enabled"]:
             sat = self.saturation_mjysr(exp)
             dq[signal > sat] |= flags["SATURATED"]
-            dead |= signal > self.effects["saturation"]["unusable_factor"] * sat
+            dq[signal > self.effects["saturation"]["unusable_factor"] * sat] |= flags["DO_NOT_USE"] | flags["DEAD"]
+        dq |= self.detector_dq(exp, signal.shape)
+        return (dq & flags["DO_NOT_USE"]) > 0
+
+    def detector_dq(self, exp, shape):
+        """DQ of the detector itself (a CRDS mask's part): bad pixels, reference pixels, (MIRI) non-science regions."""
+        from stdatamodels.jwst.datamodels import dqflags
+
+        flags = dqflags.pixel
+        dq = np.zeros(shape, np.uint32)
         if self.effects["bad_pixels"]["enabled"]:
-            dead |= (
+            dead = (
                 self.rng_for(exp.detector, "bad-pixels").uniform(0, 1, shape) < self.effects["bad_pixels"]["fraction"]
             )
-        dq[dead] |= flags["DO_NOT_USE"] | flags["DEAD"]
+            dq[dead] |= flags["DO_NOT_USE"] | flags["DEAD"]
         if exp.instrument == "NIRCAM":
             border = np.ones(shape, bool)
             b = survey_plan.REFERENCE_BORDER
@@ -696,14 +760,17 @@ class ExposureRenderer:
             dq[nonsci] |= flags["DO_NOT_USE"] | flags["NON_SCIENCE"]
             dq[:, :4] |= flags["DO_NOT_USE"] | flags["REFERENCE_PIXEL"]
             dq[:, -4:] |= flags["DO_NOT_USE"] | flags["REFERENCE_PIXEL"]
-        return (dq & flags["DO_NOT_USE"]) > 0
+        return dq
 
     def fill_metadata(self, model, exp):
         """Instrument, observation, exposure and photometry metadata as Stage 2 writes them."""
-        from astropy.time import Time
-        from jwst.assign_wcs.util import update_fits_wcsinfo, update_s_region_imaging
+        self.exposure_metadata(model, exp)
+        stage2_metadata(model, exp.channel, self.channel_cfg(exp))
 
-        det = self.channel_cfg(exp)
+    def exposure_metadata(self, model, exp):
+        """Instrument, exposure, observation, target, dither and subarray metadata (an uncal file's header)."""
+        from astropy.time import Time
+
         geo = survey_plan.CHANNELS[exp.channel]
         ny, nx = model.data.shape
         meta = model.meta
@@ -751,18 +818,58 @@ class ExposureRenderer:
         meta.subarray.xstart, meta.subarray.ystart = 1, 1
         meta.subarray.xsize, meta.subarray.ysize = nx, ny
         meta.subarray.fastaxis, meta.subarray.slowaxis = 1, 2
-        meta.bunit_data = "MJy/sr"
-        meta.bunit_err = "MJy/sr"
-        area_arcsec2 = geo["pixscale"] ** 2
-        meta.photometry.pixelarea_arcsecsq = area_arcsec2
-        meta.photometry.pixelarea_steradians = area_arcsec2 / 4.254517e10
-        meta.photometry.conversion_megajanskys = det["photmjsr"]
-        meta.velocity_aberration.scale_factor = 1.0
-        for step in ("assign_wcs", "flat_field", "photom", "resample"):
-            setattr(meta.cal_step, step, "COMPLETE" if step != "resample" else "SKIPPED")
-        meta.calibration_software_name = "jwst-mosaic-simulator"
-        update_s_region_imaging(model)
-        update_fits_wcsinfo(model)
+
+
+def stage2_metadata(model, channel, det):
+    """Units, photometry and calibration steps as Stage 2 writes them (CEERS Sec. 3.2), S_REGION and the
+    FITS WCS of the gwcs in ``model.meta.wcs``; ``det``: the channel's ``simulation.detectors`` entry."""
+    from jwst.assign_wcs.util import update_fits_wcsinfo, update_s_region_imaging
+
+    geo = survey_plan.CHANNELS[channel]
+    meta = model.meta
+    meta.bunit_data = "MJy/sr"
+    meta.bunit_err = "MJy/sr"
+    area_arcsec2 = geo["pixscale"] ** 2
+    meta.photometry.pixelarea_arcsecsq = area_arcsec2
+    meta.photometry.pixelarea_steradians = area_arcsec2 / 4.254517e10
+    meta.photometry.conversion_megajanskys = det["photmjsr"]
+    meta.velocity_aberration.scale_factor = 1.0
+    for step in ("assign_wcs", "flat_field", "photom", "resample"):
+        setattr(meta.cal_step, step, "COMPLETE" if step != "resample" else "SKIPPED")
+    meta.calibration_software_name = "jwst-mosaic-simulator"
+    update_s_region_imaging(model)
+    update_fits_wcsinfo(model)
+
+
+def calibrate_rate(rate, sim: dict):
+    """The simulated instrument's Stage 2 of a rate image made from a simulated ramp (CEERS Sec. 3.2).
+
+    assign_wcs: the gwcs of the pointing in ``meta.wcsinfo`` (which carries the pointing error, as
+    the rendered cal files' headers do); flat_field: nothing left to divide (the simulated flat error
+    is what a real flat leaves); photom: DN/s x PHOTMJSR, variances x PHOTMJSR^2 and VAR_FLAT as in
+    ``noisy_signal``; DO_NOT_USE pixels become NaN, as in the rendered cal files. Returns an ImageModel.
+    """
+    from stdatamodels.jwst import datamodels
+    from stdatamodels.jwst.datamodels import dqflags
+
+    channel = survey_plan.channel_of(rate.meta.instrument.filter)
+    det = sim["detectors"][channel]
+    k = det["photmjsr"]
+    unusable = (rate.dq & dqflags.pixel["DO_NOT_USE"]) > 0
+    data = np.where(unusable, np.nan, rate.data * k)
+    variances = {
+        "var_poisson": rate.var_poisson * k**2,
+        "var_rnoise": rate.var_rnoise * k**2,
+        "var_flat": (det["flat_error"] * np.clip(data, 0, None)) ** 2,
+    }
+    model = datamodels.ImageModel(data=data.astype(np.float32), dq=rate.dq)
+    model.update(rate)
+    for name, var in variances.items():
+        setattr(model, name, np.where(unusable, np.nan, var).astype(np.float32))
+    model.err = np.sqrt(model.var_poisson + model.var_rnoise + model.var_flat).astype(np.float32)
+    model.meta.wcs = build_gwcs(model, channel, sim["scale"])
+    stage2_metadata(model, channel, det)
+    return model
 
 
 def region_mask(shape, fractions):
@@ -985,15 +1092,26 @@ def command_exposures(args):
         target["target"], truth["sky_model"], sources, plan, truth["pointing_errors"], sim, wisps
     )
     selected = [e for e in plan if e.filter == args.filter]
+    unknown = sorted(set(args.ramps) - {e.name for e in selected})
+    if unknown:
+        raise wfutils.InputError(f"--ramps: {', '.join(unknown)} not among the {args.filter} exposures of the plan")
+    if args.ramps and not args.ramp_dir:
+        raise wfutils.InputError("--ramps needs --ramp-dir")
     cfg_hash = wfutils.config_hash(sim)
     inputs = [str(Path(args.sky_dir) / "sky_truth.json")]
     rows = []
     for i, exp in enumerate(selected, start=1):
-        model, truth_arrays, scalars = renderer.render(exp)
-        wfutils.save_model(model, Path(args.out_dir) / f"{exp.name}_cal.fits", inputs, cfg_hash, "simulate_exposures")
+        if exp.name in args.ramps:
+            model, ramp, truth_arrays, scalars = renderer.render_ramp(exp)
+            simulate_ramps.write_ramp(ramp, args.ramp_dir, exp.name, model, cfg_hash, args.truth_dir, inputs)
+        else:
+            model, truth_arrays, scalars = renderer.render(exp)
+            cal = Path(args.out_dir) / f"{exp.name}_cal.fits"
+            wfutils.save_model(model, cal, inputs, cfg_hash, "simulate_exposures")
         write_truth_arrays(truth_arrays, Path(args.truth_dir) / f"{exp.name}_truth.fits", exp, inputs, cfg_hash)
         rows.append(scalars)
-        log.info("rendered %d/%d %s (%s, %s)", i, len(selected), exp.name, exp.filter, exp.role)
+        kind = "ramp" if exp.name in args.ramps else "cal"
+        log.info("rendered %d/%d %s (%s, %s, %s)", i, len(selected), exp.name, exp.filter, exp.role, kind)
     table = Table(rows=[[r.get(k, np.nan) for k in TRUTH_COLUMNS] for r in rows], names=TRUTH_COLUMNS)
     wfutils.write_text("\n".join(table_lines(table)) + "\n", args.truth_table)
 
@@ -1010,6 +1128,19 @@ TRUTH_COLUMNS = [
     "persistence_pixels",
     "snowballs",
 ]
+
+
+def command_calibrate(args):
+    """Rate images (``<name>_rate.fits``, from simulated ramps) -> ``<out-dir>/<name>_cal.fits``."""
+    from stdatamodels.jwst import datamodels
+
+    sim = load_sim_config(args.sim)
+    for path in args.rates:
+        with datamodels.ImageModel(path) as rate:
+            model = calibrate_rate(rate, sim)
+        out = Path(args.out_dir) / f"{Path(path).name.removesuffix('_rate.fits')}_cal.fits"
+        wfutils.save_model(model, out, [path], wfutils.config_hash(sim), "simulate_stage2")
+        log.info("calibrated %s -> %s", Path(path).name, out.name)
 
 
 def command_truth_mosaic(args):
@@ -1109,6 +1240,11 @@ def parse_args(argv=None):
     p.add_argument("--truth-dir", required=True)
     p.add_argument("--truth-table", required=True)
     p.add_argument("--wisp-dir", required=True, help="where the wisp templates of this filter go")
+    p.add_argument("--ramps", nargs="*", default=[], help="exposures written as ramps instead of cal files")
+    p.add_argument("--ramp-dir", help="where the ramps and their gain and read-noise files go")
+    p = sub.add_parser("calibrate", parents=[common], help="simulated Stage 2: rate (DN/s) -> cal (MJy/sr)")
+    p.add_argument("rates", nargs="+", help="rate images <name>_rate.fits")
+    p.add_argument("--out-dir", required=True)
     p = sub.add_parser("truth-mosaic", parents=[common], help="noiseless sky on a mosaic grid")
     p.add_argument("--filter", required=True)
     p.add_argument("--sky-dir", required=True)
@@ -1126,6 +1262,7 @@ def main(argv=None):
     commands = {
         "sky": command_sky,
         "exposures": command_exposures,
+        "calibrate": command_calibrate,
         "truth-mosaic": command_truth_mosaic,
         "truth-table": command_truth_table,
     }

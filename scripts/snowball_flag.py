@@ -23,7 +23,6 @@ alternative, ``JumpStep(expand_large_events=True)``, is compared in tests/bench/
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -186,11 +185,7 @@ def main(argv=None):
     parser.add_argument("--log")
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
-    params = json.loads(args.params)
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise wfutils.InputError(f"unknown snowball_flag parameter(s): {', '.join(sorted(unknown))}")
-    params = {**DEFAULTS, **params}
+    params = wfutils.parse_params(args.params, DEFAULTS)
     model = read_ramp(args.input)
     try:
         shape = model.data.shape[2:]

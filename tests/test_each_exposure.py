@@ -89,6 +89,24 @@ def test_per_file_options_and_a_bad_format_are_checked():
         each_exposure.parse_per_file(["noise-model=models/stripes.fits"])
 
 
+def test_beside_inputs_sit_next_to_each_ramp():
+    """snowball_flag: RAMP RATE --gain G --readnoise R, G and R next to the ramp, the rate under --out-dir."""
+    beside = each_exposure.parse_per_file(["gain={name}_gain.fits", "readnoise={name}_readnoise.fits"], "--beside")
+    argv = each_exposure.script_argv(
+        "/sim/ramps/jw1_ramp.fits", each_exposure.Path("/out"), "{name}_rate.fits", [], [], None, beside=beside
+    )
+    assert argv == [
+        "--gain",
+        "/sim/ramps/jw1_gain.fits",
+        "--readnoise",
+        "/sim/ramps/jw1_readnoise.fits",
+        "/sim/ramps/jw1_ramp.fits",
+        "/out/jw1_rate.fits",
+    ]
+    with pytest.raises(wfutils.InputError, match="--beside"):
+        each_exposure.parse_per_file(["gain=gain.fits"], "--beside")
+
+
 def test_a_missing_exposure_stops_the_run_naming_it(exposures, tmp_path):
     missing = tmp_path / "jw09001001001_02101_00009_nrca1_cal.fits"
     with pytest.raises(wfutils.InputError, match="00009_nrca1"):
