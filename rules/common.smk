@@ -421,6 +421,12 @@ def json_param(value):
 
 
 # ----------------------------------------------------------------------- the synthetic survey (rules/simulate.smk)
+def survey_sim_param():
+    """The ``simulation`` config the JWST survey simulator reads: all but the HST-like images
+    (``hst``, rules/catalogs.smk), so that changing those does not re-render the survey."""
+    return json_param({key: value for key, value in config["simulation"].items() if key != "hst"})
+
+
 def sim_target_json(target):
     row = target_row(target)
     distance = row.get("distance_mpc")

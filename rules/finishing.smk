@@ -86,7 +86,7 @@ rule simulator_psf:
         "results/psf_sim/{filter}_psf.fits",
     params:
         script=script_path("simulator_psf.py"),
-        sim=json_param(config["simulation"]),
+        sim=survey_sim_param(),
         args=simulator_psf_args,
     log:
         "logs/simulator_psf/{filter}.log",

@@ -11,7 +11,7 @@ rule simulate_sky:
         ),
     params:
         script=script_path("simulate_survey.py"),
-        sim=json_param(config["simulation"]),
+        sim=survey_sim_param(),
         target=lambda w: sim_target_json(w.target),
     log:
         "logs/simulate_sky/{target}.log",
@@ -50,7 +50,7 @@ for _target in [t for t in SELECTED.index if is_simulated(t)]:
                 table=f"results/{_target}/truth/tables/{_filter}_exposures_truth.ecsv",
             params:
                 script=script_path("simulate_survey.py"),
-                sim=json_param(config["simulation"]),
+                sim=survey_sim_param(),
                 target=sim_target_json(_target),
                 filter=_filter,
                 target_name=_target,
@@ -102,7 +102,7 @@ rule simulate_truth_mosaic:
         "results/{target}/truth/mosaics/{target}_{filter}_truth.fits",
     params:
         script=script_path("simulate_survey.py"),
-        sim=json_param(config["simulation"]),
+        sim=survey_sim_param(),
     log:
         "logs/simulate_truth_mosaic/{target}/{filter}.log",
     benchmark:

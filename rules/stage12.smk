@@ -109,7 +109,7 @@ for _target in [t for t in SELECTED.index if is_simulated(t)]:
                 [simulated_stage2_path(_target, n) for n in _names],
             params:
                 script=script_path("simulate_survey.py"),
-                sim=json_param(config["simulation"]),
+                sim=survey_sim_param(),
                 out_dir=lambda wildcards, output: os.path.dirname(output[0]),
             log:
                 f"logs/simulate_stage2/{_target}/{_filter}.log",
