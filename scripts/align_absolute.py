@@ -328,8 +328,7 @@ def main(argv=None):
     parser.add_argument("--catalog", help="aligned reference-band source catalogue (ECSV), e.g. a reference for MIRI")
     parser.add_argument("--qa-png", help="scatterball per band, measured minus catalogue")
     parser.add_argument("--qa-json", help="residual statistics per band (JSON)")
-    parser.add_argument("--config-hash", default=None)
-    parser.add_argument("--log")
+    wfutils.add_run_options(parser)
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
     try:

@@ -593,8 +593,7 @@ def main(argv=None):
     parser.add_argument("--catalog", help="merged reference-band catalogue in the corrected frame (ECSV)")
     parser.add_argument("--qa-png", help="scatterball of matched-source residuals per group")
     parser.add_argument("--qa-json", help="residual statistics per group (JSON)")
-    parser.add_argument("--config-hash", default=None)
-    parser.add_argument("--log")
+    wfutils.add_run_options(parser)
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
     try:

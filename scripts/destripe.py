@@ -727,8 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ring-radius", type=float, help="remstriping ring-median inner radius, pixels (40)")
     parser.add_argument("--ring-width", type=float, help="remstriping ring width, pixels (3)")
     parser.add_argument("--columns", type=parse_bool, help="also remove column stripes (true)")
-    parser.add_argument("--config-hash", default=None)
-    parser.add_argument("--log", help="log file (default: stderr)")
+    wfutils.add_run_options(parser)
     return parser
 
 

@@ -534,8 +534,7 @@ def main(argv=None):
     parser.add_argument("--reproject", choices=("fast", "interp"), help="resampling (fast)")
     parser.add_argument("--noise-model-dir", help="also write each exposure's subtracted model (<name>_stripes.fits)")
     parser.add_argument("--qa-dir", help="also write a QA figure per exposure (<name>_multitile.png)")
-    parser.add_argument("--config-hash", default=None)
-    parser.add_argument("--log", help="log file (default: stderr)")
+    wfutils.add_run_options(parser)
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
     try:

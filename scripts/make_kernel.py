@@ -411,9 +411,7 @@ def main(argv=None):
     parser.add_argument("--qa-png", help="plot of the W- search (with --search-gaussian)")
     parser.add_argument("--merge-searches", metavar="OUT", help="merge the search tables given into OUT (ECSV)")
     parser.add_argument("tables", nargs="*", help="search tables (with --merge-searches)")
-    parser.add_argument("--params", default="{}", help="JSON overriding " + ", ".join(DEFAULTS))
-    parser.add_argument("--config-hash", default=None)
-    parser.add_argument("--log")
+    wfutils.add_run_options(parser, params_help="JSON overriding " + ", ".join(DEFAULTS))
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
     if args.merge_searches:

@@ -112,8 +112,7 @@ def main(argv=None):
         help="JSON: integer multiple of the finest scale per channel",
     )
     parser.add_argument("--margin", type=float, default=1.0, help="margin around the footprints (arcsec)")
-    parser.add_argument("--config-hash", default=None)
-    parser.add_argument("--log")
+    wfutils.add_run_options(parser)
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
     vertices, channels = read_footprints(args.inputs)

@@ -42,9 +42,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="calibrated exposures of one band (ImageModel FITS)")
     parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--params", default="{}", help="JSON of OutlierDetectionStep parameters")
-    parser.add_argument("--config-hash", default=None)
-    parser.add_argument("--log")
+    wfutils.add_run_options(parser, params_help="JSON of OutlierDetectionStep parameters")
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
     for path in args.inputs:

@@ -434,8 +434,7 @@ def main(argv=None):
     parser.add_argument("--params", default="{}", help="JSON overriding " + ", ".join(DEFAULTS))
     parser.add_argument("--fwhm-table", help="instead: write the FWHM table (ECSV) of the PSF files given")
     parser.add_argument("psfs", nargs="*", help="PSF files (with --fwhm-table)")
-    parser.add_argument("--config-hash", default=None)
-    parser.add_argument("--log")
+    wfutils.add_run_options(parser)
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
     if args.fwhm_table:

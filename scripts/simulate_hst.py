@@ -366,8 +366,7 @@ def main(argv=None):
     parser.add_argument("--psf-dir", required=True)
     parser.add_argument("--truth", required=True)
     parser.add_argument("--truth-associations", required=True)
-    parser.add_argument("--config-hash", default=None)
-    parser.add_argument("--log")
+    wfutils.add_run_options(parser)
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
     text = args.sim

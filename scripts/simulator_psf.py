@@ -62,8 +62,7 @@ def main(argv=None):
     parser.add_argument("--size-arcsec", type=float, default=6.0)
     parser.add_argument("--pixel-boxes", default="", help="comma-separated top-hat widths (arcsec) to convolve with")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--config-hash", default=None)
-    parser.add_argument("--log")
+    wfutils.add_run_options(parser)
     args = parser.parse_args(argv)
     from astropy.io import fits
 

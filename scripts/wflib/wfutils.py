@@ -150,6 +150,15 @@ def parse_params(text: str | None, defaults: dict) -> dict:
     return params
 
 
+def add_run_options(parser, params_help: str | None = None) -> None:
+    """The options every step shares: ``--params`` (a JSON object, when ``params_help`` says
+    what it holds), ``--config-hash`` (recorded in the provenance headers) and ``--log``."""
+    if params_help is not None:
+        parser.add_argument("--params", default="{}", help=params_help)
+    parser.add_argument("--config-hash", default=None, help="hash of the workflow config (provenance headers)")
+    parser.add_argument("--log", help="log file (default: stderr)")
+
+
 def run_cli(main) -> None:
     """Run a script's ``main`` and turn InputError into a one-line message and exit code 2."""
     try:
