@@ -9,14 +9,19 @@ jwst 3.0's ResampleStep, called through its public pieces rather than rewritten:
   (``build_driz_weight``), the ``drizzle.resample.Drizzle`` calls for SCI, WHT, CON and
   the three variance arrays, and ERR from the variances ("from_var");
 * ``jwst.resample.resample.input_jwst_model_to_dict`` turns a datamodel into its input;
-* the output WCS is ``stcal.alignment.wcs_from_sregions`` with the grid's crval,
-  rotation 0 and pixel scale and ``crpix`` moved to the tile origin
-  (``mosaic_tiles.tile_wcs``); the output/input pixel-scale ratio comes from the band's
-  FIRST exposure, as jwst computes it.
+* the output WCS is the whole grid's ``stcal.alignment.wcs_from_sregions`` (the grid's
+  crval, rotation 0, pixel scale and crpix) with the integer shift to the tile origin
+  prepended (``mosaic_tiles.tile_wcs``); the output/input pixel-scale ratio comes from
+  the band's FIRST exposure, as jwst computes it.
 
-Every output pixel of a drizzle is a sum over the input pixels that overlap it, so a
-tile drizzled from the exposures that reach it equals the same pixels of a single-pass
-drizzle. Two things make the job fast as well as exact: each exposure is cut to the
+Every output pixel of a drizzle is a weighted mean of the input pixels that overlap it,
+accumulated in band order, so a tile drizzled, in band order, from the exposures that
+reach it holds the same pixels as a single-pass drizzle: the same inputs, weights and
+order, and pixel maps that are the single pass's minus the tile's integer offset bit for
+bit. What can still differ is the last bit of a float32 SCI, WHT or variance value in a
+few pixels (CON never): drizzle's square kernel interpolates pixel corners and clips
+pixel polygons in float64 output coordinates, and those round differently at the
+tile's smaller coordinates. Two things make the job fast: each exposure is cut to the
 rectangle of its pixels that can reach the tile (``mosaic_tiles.input_window``: a coarse
 pixel map, plus the kernel's reach) before the full-resolution pixel map is computed, and
 exposures whose S_REGION misses the tile are not opened at all. Context bits are local to

@@ -14,9 +14,10 @@ tile size and not by the number of exposures of the band.
   ``inputs_overlapping`` keeps the polygons that intersect a tile grown by a
   margin (separating-axis test on the convex hull).
 * ``tile_wcs`` and ``input_window`` are the WCS helpers the tile jobs share:
-  the gwcs of a tile (built by ``stcal.alignment.wcs_from_sregions``, the
-  function jwst's ResampleStep uses for the whole grid, with ``crpix`` shifted
-  to the tile origin) and the rectangle of an exposure's pixels that can land
+  the gwcs of a tile (the whole grid's, built by ``stcal.alignment.wcs_from_sregions``
+  as jwst's ResampleStep builds it, with the integer shift to the tile origin
+  prepended, so pixel maps onto a tile are the single pass's minus the tile
+  origin) and the rectangle of an exposure's pixels that can land
   on a tile (from a coarse pixel map, no pixel reads).
 
 The module imports only numpy at the top, so ``rules/common.smk`` can call
@@ -347,35 +348,40 @@ def reference_pixel_scale_ratio(ref_model, pixel_scale_arcsec: float) -> float:
 def tile_wcs(grid: dict, filter_name: str, tile: Tile | None, ref_wcs, ref_wcsinfo: dict, footprints=None):
     """gwcs of a tile (or of the whole grid when ``tile`` is None), as jwst's ResampleStep builds it.
 
-    ``stcal.alignment.wcs_from_sregions`` with the grid's crval, rotation and pixel
-    scale, the reference (first) input's frames and v3yangle/vparity (``ref_wcs``,
-    ``ref_wcsinfo`` = ``model.meta.wcsinfo.instance``), and crpix
-    shifted to the tile origin: tile pixel (i, j) is grid pixel (x0 + i, y0 + j).
-    ``footprints`` (S_REGION strings or (N, 2) ra/dec arrays) only set the bounding box,
-    as in jwst (the union of the inputs for a mosaic); by default it is the whole tile.
+    The whole grid's gwcs is ``stcal.alignment.wcs_from_sregions`` with the grid's crval,
+    rotation, pixel scale, crpix and shape, the reference (first) input's frames and
+    v3yangle/vparity (``ref_wcs``, ``ref_wcsinfo`` = ``model.meta.wcsinfo.instance``): the
+    call jwst's ResampleStep makes for the single pass. A tile's gwcs is that one with the
+    integer shift to the tile origin prepended (``shifted_wcs``), so tile pixel (i, j) goes
+    through exactly the arithmetic of grid pixel (x0 + i, y0 + j): a pixel map onto a tile
+    is the single pass's minus (x0, y0) in one rounding, which is exact (bit for bit) for
+    grid coordinates of at least x0 / 2 and y0 / 2 (Sterbenz's lemma).
+    ``footprints`` (S_REGION strings or (N, 2) ra/dec arrays) only set the whole grid's
+    bounding box, as in jwst (the union of the inputs for a mosaic); by default it is the
+    whole grid. A tile's bounding box is the whole tile.
     """
     from stcal.alignment.util import wcs_from_sregions
 
     spec = filter_spec(grid, filter_name)
     ny, nx = spec["shape"]
-    if tile is None:
-        tile = Tile(-1, 0, nx, 0, ny)
-    crpix = [spec["crpix"][0] - tile.x0, spec["crpix"][1] - tile.y0]
     if footprints is None:
-        # the tile's own outline (one pixel beyond its edges): the bounding box is then the whole tile
-        cx = np.array([tile.x0 - 1.0, tile.x1, tile.x1, tile.x0 - 1.0])
-        cy = np.array([tile.y0 - 1.0, tile.y0 - 1.0, tile.y1, tile.y1])
+        # the grid's own outline (one pixel beyond its edges): the bounding box is then the whole grid
+        cx = np.array([-1.0, nx, nx, -1.0])
+        cy = np.array([-1.0, -1.0, ny, ny])
         footprints = [np.stack(grid_to_sky(cx, cy, grid, filter_name), axis=1)]
-    return wcs_from_sregions(
+    wcs = wcs_from_sregions(
         footprints,
         ref_wcs=ref_wcs,
         ref_wcsinfo=ref_wcsinfo,
         pscale=output_pixel_scale(spec["pixel_scale"])[0],
         rotation=float(grid.get("rotation", 0.0)),
-        shape=list(tile.shape),
-        crpix=crpix,
+        shape=[ny, nx],
+        crpix=list(spec["crpix"]),
         crval=list(grid["crval"]),
     )
+    if tile is None:
+        return wcs
+    return shifted_wcs(wcs, tile.x0, tile.y0, shape=tile.shape)
 
 
 def input_window(wcs_in, shape_in, wcs_out, shape_out, margin_out: float, kernel: str = "square", step: int = 32):
@@ -417,19 +423,23 @@ def input_window(wcs_in, shape_in, wcs_out, shape_out, margin_out: float, kernel
     return x0, x1, y0, y1
 
 
-def shifted_wcs(wcs, x0: int, y0: int):
+def shifted_wcs(wcs, x0: int, y0: int, shape=None):
     """gwcs of the cut-out [y0:, x0:] of an image: pixel (i, j) of the cut-out is pixel (x0 + i, y0 + j).
 
-    The shift is prepended to the forward transform, so every pixel goes through the
-    same arithmetic as in the full image (integer shifts are exact); the bounding box
-    moves with the cut-out.
+    The shift is prepended to the forward transform (and appended to the inverse), so
+    every pixel goes through the same arithmetic as in the full image (integer shifts
+    are exact); the bounding box moves with the cut-out. With ``shape`` (ny, nx) the
+    cut-out is [y0:y0 + ny, x0:x0 + nx]: that is its array shape and its bounding box.
     """
     from astropy.modeling.models import Shift
     from gwcs import wcs as gwcs_wcs
 
     forward = (Shift(float(x0)) & Shift(float(y0))) | wcs.forward_transform
     new = gwcs_wcs.WCS(forward_transform=forward, input_frame=wcs.input_frame, output_frame=wcs.output_frame)
-    if wcs.bounding_box is not None:
+    if shape is not None:
+        new.bounding_box = ((-0.5, shape[1] - 0.5), (-0.5, shape[0] - 0.5))
+        new.array_shape = tuple(shape)
+    elif wcs.bounding_box is not None:
         (bx0, bx1), (by0, by1) = wcs.bounding_box.bounding_box(order="F")
         new.bounding_box = ((bx0 - x0, bx1 - x0), (by0 - y0, by1 - y0))
     return new
