@@ -289,8 +289,7 @@ def main(argv=None):
     parser.add_argument("--grid", required=True, help="grid JSON from mosaic_grid.py")
     parser.add_argument("--filter", required=True)
     parser.add_argument("--out", required=True, help="output i2d FITS")
-    parser.add_argument("--config-hash", default=None)
-    parser.add_argument("--log")
+    wfutils.add_run_options(parser)
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
     for path in args.tiles:

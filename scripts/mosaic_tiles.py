@@ -470,9 +470,7 @@ def add_tile_job_arguments(parser, inputs_help: str, out_help: str, params_help:
     parser.add_argument("--tile", type=int, required=True, help="tile index (mosaic_tiles.tile_layout)")
     parser.add_argument("--tile-size", type=int, required=True, help="tile side (output pixels)")
     parser.add_argument("--out", required=True, help=out_help)
-    parser.add_argument("--params", default="{}", help=params_help)
-    parser.add_argument("--config-hash", default=None)
-    parser.add_argument("--log")
+    wfutils.add_run_options(parser, params_help=params_help)
 
 
 def read_tile_job(args):
