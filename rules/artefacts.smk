@@ -92,7 +92,8 @@ for _target in SELECTED.index:
                     " --output '{{name}}_cal.fits' --args {params.args} {input.images}"
 
     # CEERS Sec. 3.1.4 / 4: persistence of saturated pixels and of fixed patterns, per detector
-    # through every filter in time order (an earlier exposure in any filter leaves it).
+    # through every filter in time order (an earlier exposure in any filter leaves it), and of
+    # the exposures of preceding programs on the detector (corrections.persistence_mask.preceding).
     _filters = [f for f in filters_of(_target) if survey_plan.instrument_of(f) == "NIRCAM"]
     for _detector in step_detectors("persistence_mask", _target, _filters):
         _inputs, _outputs = detector_step_io("persistence_mask", _target, _detector, _filters)
@@ -101,7 +102,8 @@ for _target in SELECTED.index:
             name:
                 f"persistence_mask_{_target}_{_detector}".replace("-", "_")
             input:
-                _inputs,
+                images=_inputs,
+                preceding=preceding_exposures(_target, _detector),
             output:
                 images=_outputs,
                 qa=exposure_side_outputs("persistence_mask", _outputs, "qa/{name}_persistence.png"),
@@ -110,7 +112,8 @@ for _target in SELECTED.index:
                 args=lambda wildcards, input, _t=_target: each_exposure_args(
                     f"--params {shlex.quote(step_params('persistence_mask', _t, 'NIRCAM'))}",
                     "--history",
-                    *map(shlex.quote, input),
+                    *map(shlex.quote, input.images),
+                    *(["--preceding", *map(shlex.quote, input.preceding)] if input.preceding else []),
                 ),
                 out_dir=lambda wildcards, output: os.path.dirname(output.images[0]),
             log:
@@ -127,4 +130,4 @@ for _target in SELECTED.index:
             shell:
                 "python {params.runner} persistence_mask --log {log} --out-dir {params.out_dir}"
                 " --output '{{name}}_cal.fits' --per-file 'qa-png=qa/{{name}}_persistence.png'"
-                " --args {params.args} {input}"
+                " --args {params.args} {input.images}"

@@ -463,6 +463,61 @@ def simulated_band_outputs(target, filt):
     }
 
 
+# ----------------------------------------------------------------------- preceding-program exposures
+# Exposures of other programs read out on a detector just before the survey: persistence history
+# only (scripts/persistence_mask.py --preceding). They are not in the exposure table, so nothing but
+# the persistence jobs reads them (no calibration, no alignment, no mosaic).
+def preceding_config():
+    return step_config("persistence_mask").get("preceding", {})
+
+
+def simulated_history_path(target, detector):
+    """The simulated previous program's exposure on ``detector`` (simulate_survey.py history_file_name)."""
+    return f"results/{target}/simulated/history/preceding_{detector.lower()}_cal.fits"
+
+
+def simulated_history_detectors(target):
+    """NIRCam detectors of a simulated target whose previous-program exposure is written and used:
+    corrections.persistence_mask.preceding.simulated, and simulation.effects.persistence with blobs."""
+    effect = config["simulation"]["effects"]["persistence"]
+    if not (
+        is_simulated(target)
+        and preceding_config().get("simulated", False)
+        and effect.get("enabled", False)
+        and effect.get("previous_program_blobs", 0) > 0
+    ):
+        return []
+    rows = exposures_of(target, role=None)
+    return sorted(rows[rows["instrument"] == "NIRCAM"]["detector"].unique())
+
+
+@lru_cache
+def preceding_dir_files(directory):
+    """(path, DETECTOR) of the ``*_cal.fits`` files in a directory of preceding-program exposures."""
+    from astropy.io import fits
+
+    return tuple(
+        (str(p), str(fits.getheader(p, 0).get("DETECTOR", "")).strip()) for p in sorted(Path(directory).glob("*_cal.fits"))
+    )
+
+
+def preceding_exposures(target, detector):
+    """Preceding-program exposures of ``detector`` for the persistence job of ``target``: the simulated
+    one, and those in corrections.persistence_mask.preceding.dirs (``{target}`` filled in; a directory
+    named with ``{target}`` may be missing for some targets, one without must exist)."""
+    files = [simulated_history_path(target, detector)] if detector in simulated_history_detectors(target) else []
+    for fmt in preceding_config().get("dirs", []):
+        directory = fmt.format(target=target)
+        if not Path(directory).is_dir():
+            if "{target}" in fmt:
+                continue
+            raise exposure_table.SheetError(
+                f"corrections.persistence_mask.preceding.dirs: {directory} is not a directory"
+            )
+        files += [p for p, det in preceding_dir_files(directory) if det == detector]
+    return files
+
+
 # ----------------------------------------------------------------------- simulated ramps (rules/stage12.smk)
 def has_ramp(target, name):
     """Whether a simulated exposure is rendered as a ramp after the jump step: the snowball correction

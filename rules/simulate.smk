@@ -73,6 +73,38 @@ for _target in [t for t in SELECTED.index if is_simulated(t)]:
                 " --truth-table {output.table} {params.ramps}"
 
 
+# The previous program's exposure on each NIRCam detector (the saturated target that left the
+# simulator's previous-program persistence): history for the persistence jobs only, under
+# simulated/history, never in the exposure table (corrections.persistence_mask.preceding).
+for _target in [t for t in SELECTED.index if is_simulated(t) and simulated_history_detectors(t)]:
+
+    rule:
+        name:
+            f"simulate_history_{_target}".replace("-", "_")
+        input:
+            truth=f"results/{_target}/truth/sky_truth.json",
+            sources=f"results/{_target}/truth/sky_sources.ecsv",
+        output:
+            [simulated_history_path(_target, d) for d in simulated_history_detectors(_target)],
+        params:
+            script=script_path("simulate_survey.py"),
+            sim=survey_sim_param(),
+            target=sim_target_json(_target),
+            target_name=_target,
+        log:
+            f"logs/simulate_history/{_target}.log",
+        benchmark:
+            f"benchmarks/simulate_history/{_target}.tsv"
+        resources:
+            mem_mb=lambda wildcards, attempt: 1500 * attempt,
+            runtime=lambda wildcards, attempt: 10 * attempt,
+        conda:
+            "../envs/jwst.yaml"
+        shell:
+            "python {params.script} --log {log} history --sim {params.sim:q} --target {params.target:q}"
+            " --sky-dir results/{params.target_name}/truth --out-dir results/{params.target_name}/simulated/history"
+
+
 rule simulate_truth_table:
     input:
         lambda w: [

@@ -24,9 +24,16 @@ single-band detections. Two kinds of evidence, both from exposures of the same d
    fades; this also catches a weak late image whose own significance is lost).
 
 Flagged pixels get DQ PERSISTENCE (and DO_NOT_USE with ``do_not_use``); SCI is not changed.
-The counts go to the primary header (PERSNPIX, PERSNSAT, PERSNFIX) and a QA PNG shows the
-significance map with the flags. Exposures of other detectors in ``--history`` are ignored, so
-one list can serve every exposure of a band.
+Exposures of other programs that preceded the survey on the same detector (``--preceding``:
+for real data the preceding program's cal files from MAST, which the jwst persistence step also
+relies on; for the synthetic survey the previous program's exposure the simulator writes) count
+as saturation history only: they are never partners or dithers of the fixed-pattern search (and
+need no WCS). Without them a target observed just before the survey leaves persistence that only
+the fixed-pattern search can see.
+
+The counts go to the primary header (PERSNPIX, PERSNSAT, PERSNFIX, PERSNPRE) and a QA PNG shows the
+significance map with the flags. Exposures of other detectors in ``--history`` and ``--preceding``
+are ignored, so one list can serve every exposure of a band.
 """
 
 from __future__ import annotations
@@ -171,9 +178,10 @@ def fixed_footprint(significance: np.ndarray, partners: list[np.ndarray], params
 
 # --------------------------------------------------------------------------- exposures
 class Exposure:
-    """Header facts of one exposure (cheap: primary header only)."""
+    """Header facts of one exposure (cheap: primary header only). ``preceding``: an exposure of another
+    program before the survey (saturation history only)."""
 
-    def __init__(self, path):
+    def __init__(self, path, preceding: bool = False):
         from astropy.io import fits
 
         self.path = str(path)
@@ -187,6 +195,7 @@ class Exposure:
         self.detector, self.filter = header["DETECTOR"], header["FILTER"]
         self.start_s, self.end_s = header["EXPSTART"] * 86400.0, header["EXPEND"] * 86400.0
         self.name = Path(self.path).name
+        self.preceding = bool(preceding)
 
 
 @functools.lru_cache(maxsize=12)
@@ -260,6 +269,7 @@ def persistence_flags(target: Exposure, pool: list[Exposure], params: dict) -> d
     if target.path not in {e.path for e in same}:
         same = sorted([*same, target], key=lambda e: e.start_s)
     window = params["window_s"]
+    n_preceding = sum(e.preceding and 0 <= target.start_s - e.end_s <= window for e in same)
     sci, dq, _ = load_image(target.path)
     shape = sci.shape
     sat_bit = dqflags.pixel["SATURATED"]
@@ -268,6 +278,9 @@ def persistence_flags(target: Exposure, pool: list[Exposure], params: dict) -> d
     for e in same:
         if e.end_s <= target.start_s and target.start_s - e.end_s <= window:
             esci, edq, _ = load_image(e.path)
+            if esci.shape != shape:  # e.g. a preceding program's subarray exposure
+                log.warning("%s: shape %s is not %s's %s: not used as history", e.name, esci.shape, target.name, shape)
+                continue
             saturated = (edq & sat_bit) > 0
             if params["bright_mjysr"] is not None:
                 saturated |= np.nan_to_num(esci) > params["bright_mjysr"]
@@ -277,6 +290,7 @@ def persistence_flags(target: Exposure, pool: list[Exposure], params: dict) -> d
     fixed_flags = np.zeros(shape, bool)
     significance = np.zeros(shape)
     if params["fixed_pattern"]:
+        same = [e for e in same if not e.preceding]  # no WCS needed, not a dither of ours
         params_json = json.dumps(params, sort_keys=True)
 
         def mates_of(e):
@@ -317,6 +331,7 @@ def persistence_flags(target: Exposure, pool: list[Exposure], params: dict) -> d
         "fixed": fixed_flags,
         "significance": significance,
         "n_history": len(history),
+        "n_preceding": n_preceding,
     }
 
 
@@ -344,6 +359,10 @@ def main(argv=None):
     parser.add_argument("input", help="calibrated NIRCam exposure (ImageModel FITS)")
     parser.add_argument("output", help="exposure with persistence flagged in DQ")
     parser.add_argument("--history", nargs="*", default=[], help="other exposures (any detector, any time)")
+    parser.add_argument(
+        "--preceding", nargs="*", default=[],
+        help="exposures of other programs before the survey (any detector): saturation history only",
+    )  # fmt: skip
     parser.add_argument("--qa-png", help="QA image of the significance map and flags")
     wfutils.add_run_options(parser, params_help="JSON overriding " + ", ".join(DEFAULTS))
     args = parser.parse_args(argv)
@@ -355,6 +374,7 @@ def main(argv=None):
     params = wfutils.parse_params(args.params, DEFAULTS)
     target = Exposure(args.input)
     pool = [Exposure(p) for p in args.history if Path(p).name != target.name]
+    pool += [Exposure(p, preceding=True) for p in args.preceding]
     result = persistence_flags(target, pool, params)
     flags = result["flags"]
     bits = dqflags.pixel["PERSISTENCE"] | (dqflags.pixel["DO_NOT_USE"] if params["do_not_use"] else 0)
@@ -364,13 +384,15 @@ def main(argv=None):
             ("PERSNPIX", int(flags.sum()), "pixels flagged as persistence"),
             ("PERSNSAT", int(result["saturation"].sum()), "... saturated in an earlier exposure"),
             ("PERSNFIX", int(result["fixed"].sum()), "... fixed pattern in detector coordinates"),
+            ("PERSNPRE", int(result["n_preceding"]), "preceding-program exposures in the window"),
         ]
         inputs = [args.input, *[e.path for e in pool if e.detector == target.detector]]
         wfutils.save_model(model, args.output, inputs, args.config_hash, "persistence_mask", cards)
     log.info(
-        "%s (%s): %d pixels flagged as persistence (%d saturated in %d earlier exposures, %d fixed pattern)",
+        "%s (%s): %d pixels flagged as persistence (%d saturated in %d earlier exposures, %d of them of a"
+        " preceding program, %d fixed pattern)",
         target.name, target.detector, flags.sum(), result["saturation"].sum(), result["n_history"],
-        result["fixed"].sum(),
+        result["n_preceding"], result["fixed"].sum(),
     )  # fmt: skip
     if args.qa_png:
         qa_png(result, f"{target.name}: {int(flags.sum())} persistence pixels", args.qa_png)

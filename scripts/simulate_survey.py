@@ -552,14 +552,64 @@ class ExposureRenderer:
                 break
             events += self.saturated_stars(prev, age)
             prev_name = self.previous[prev_name]
-        first = min((e for e in self.plan.values() if e.detector == exp.detector), key=lambda e: e.start_mjd)
+        first = self.first_on_detector(exp.detector)
         age0 = (exp.start_mjd - first.start_mjd) * 86400.0 + cfg["previous_program_gap_s"]
         if age0 <= cfg["window_s"]:
-            rng = self.rng_for(exp.detector, "previous-program")
-            ny, nx = survey_plan.detector_shape(exp.channel, self.scale)
-            for _ in range(cfg["previous_program_blobs"]):
-                events.append((rng.uniform(0, nx), rng.uniform(0, ny), rng.uniform(*cfg["blob_radius_px"]), age0))
+            events += [(x, y, r, age0) for x, y, r in self.previous_program_blobs(exp)]
         return events
+
+    def first_on_detector(self, detector):
+        return min((e for e in self.plan.values() if e.detector == detector), key=lambda e: e.start_mjd)
+
+    def previous_program_blobs(self, exp):
+        """(x, y, radius_px) of the bright target a previous program saturated on ``exp``'s detector; its
+        exposure ended ``previous_program_gap_s`` before the survey's first one on that detector."""
+        cfg = self.effects["persistence"]
+        if not cfg["enabled"]:
+            return []
+        rng = self.rng_for(exp.detector, "previous-program")
+        ny, nx = survey_plan.detector_shape(exp.channel, self.scale)
+        return [
+            (rng.uniform(0, nx), rng.uniform(0, ny), rng.uniform(*cfg["blob_radius_px"]))
+            for _ in range(cfg["previous_program_blobs"])
+        ]
+
+    def previous_program_exposure(self, detector):
+        """The previous program's exposure on ``detector`` that left the injected blobs, as a cal file
+        would hold it (ImageModel): the blobs at the saturation level, flagged SATURATED in DQ, the
+        rest empty sky; it ends ``previous_program_gap_s`` before the survey's first exposure there
+        and lasts as long. History for the persistence step only (never a science exposure)."""
+        import dataclasses
+
+        from stdatamodels.jwst.datamodels import dqflags
+
+        cfg = self.effects["persistence"]
+        first = self.first_on_detector(detector)
+        program = PREVIOUS_PROGRAM
+        exp = dataclasses.replace(
+            first,
+            name=survey_plan.exposure_name(program, 1, 1, 2, 1, 1, 1, detector),
+            target="previous-program",
+            role="history",
+            program=program,
+            observation=1,
+            visit=1,
+            exposure_number=1,
+            start_mjd=first.start_mjd - (cfg["previous_program_gap_s"] + first.exptime) / 86400.0,
+        )
+        shape = survey_plan.detector_shape(exp.channel, self.scale)
+        model = self.new_model(exp, true_attitude(first))
+        data = np.zeros(shape, np.float32)
+        dq = np.zeros(shape, np.uint32)
+        for x, y, radius in self.previous_program_blobs(first):
+            blob = disk_mask(shape, x, y, radius)
+            data[blob] = self.saturation_mjysr(exp)
+            dq[blob] |= dqflags.pixel["SATURATED"]
+        model.data = data
+        model.dq = dq | self.detector_dq(exp, shape)  # SCI and DQ only: all the persistence step reads
+        self.fill_metadata(model, exp)
+        model.meta.target.proposer_name = model.meta.target.catalog_name = "previous-program"
+        return model, exp
 
     def saturated_stars(self, prev, age):
         """Footprints of stars that saturated in exposure ``prev``; they persist at the same pixels."""
@@ -1116,6 +1166,35 @@ def command_exposures(args):
     wfutils.write_text("\n".join(table_lines(table)) + "\n", args.truth_table)
 
 
+# program number of the simulated previous program (its exposures: history for the persistence step)
+PREVIOUS_PROGRAM = 99999
+HISTORY_CARDS = [("HISTONLY", True, "preceding program: persistence history, not science")]
+
+
+def history_file_name(detector: str) -> str:
+    """File of the previous program's exposure on ``detector`` (``history`` command)."""
+    return f"preceding_{detector.lower()}_cal.fits"
+
+
+def command_history(args):
+    """The previous program's exposure on each NIRCam detector of the plan (``effects.persistence``:
+    ``previous_program_blobs``) -> ``<out-dir>/preceding_<detector>_cal.fits``."""
+    sim = load_sim_config(args.sim)
+    target = json.loads(args.target)
+    truth, sources = read_sky(args.sky_dir)
+    plan = target_plan(target, sim)
+    renderer = ExposureRenderer(target["target"], truth["sky_model"], sources, plan, truth["pointing_errors"], sim, {})
+    detectors = sorted({e.detector for e in plan if e.instrument == "NIRCAM"})
+    cfg_hash = wfutils.config_hash(sim)
+    for detector in detectors:
+        model, exp = renderer.previous_program_exposure(detector)
+        path = Path(args.out_dir) / history_file_name(detector)
+        wfutils.save_model(model, path, [str(Path(args.sky_dir) / "sky_truth.json")], cfg_hash, "simulate_history",
+                           HISTORY_CARDS)  # fmt: skip
+        n_saturated = int((model.data > 0).sum())
+        log.info("previous program on %s: %s, %d saturated pixels", detector, path.name, n_saturated)
+
+
 TRUTH_COLUMNS = [
     "exposure",
     "filter",
@@ -1190,7 +1269,8 @@ def simulate_target(root, sim: dict, target: dict, filters, log_file=None, reuse
     """Sky, references and the exposures of ``filters`` for one target under ``root``.
 
     Layout: ``truth/`` (sky truth, per-filter truth tables ``<band>.ecsv``), ``truth/exp/``
-    (per-exposure truth), ``refs/`` (references, ``refs/wisps/``), ``cal/`` (exposures).
+    (per-exposure truth), ``refs/`` (references, ``refs/wisps/``), ``cal/`` (exposures), ``history/``
+    (the previous program's exposures, ``command_history``).
     The same calls as the Snakemake rules, for tests and benchmarks. With ``reuse`` the sky and
     every band whose truth table exists already are kept (benchmarks rerun in one directory).
     """
@@ -1199,6 +1279,9 @@ def simulate_target(root, sim: dict, target: dict, filters, log_file=None, reuse
     common = ["--sim", json.dumps(sim), "--target", json.dumps(target)]
     if not (reuse and (root / "truth" / "sky_truth.json").exists()):
         main([*log, "sky", *common, "--out-dir", str(root / "truth"), "--references-dir", str(root / "refs")])
+    persistence = sim["effects"]["persistence"]
+    if persistence["enabled"] and persistence["previous_program_blobs"] and not (reuse and (root / "history").is_dir()):
+        main([*log, "history", *common, "--sky-dir", str(root / "truth"), "--out-dir", str(root / "history")])
     for band in filters:
         if reuse and (root / "truth" / f"{band}.ecsv").exists():
             continue
@@ -1242,6 +1325,9 @@ def parse_args(argv=None):
     p.add_argument("--wisp-dir", required=True, help="where the wisp templates of this filter go")
     p.add_argument("--ramps", nargs="*", default=[], help="exposures written as ramps instead of cal files")
     p.add_argument("--ramp-dir", help="where the ramps and their gain and read-noise files go")
+    p = sub.add_parser("history", parents=[common], help="previous program's exposures (persistence history)")
+    p.add_argument("--sky-dir", required=True)
+    p.add_argument("--out-dir", required=True)
     p = sub.add_parser("calibrate", parents=[common], help="simulated Stage 2: rate (DN/s) -> cal (MJy/sr)")
     p.add_argument("rates", nargs="+", help="rate images <name>_rate.fits")
     p.add_argument("--out-dir", required=True)
@@ -1262,6 +1348,7 @@ def main(argv=None):
     commands = {
         "sky": command_sky,
         "exposures": command_exposures,
+        "history": command_history,
         "calibrate": command_calibrate,
         "truth-mosaic": command_truth_mosaic,
         "truth-table": command_truth_table,
