@@ -103,6 +103,7 @@ rule simulator_psf:
 rule depth:
     input:
         mosaic="results/{target}/background/{target}_{filter}_i2d.fits",
+        mask="results/{target}/background/tiers/{target}_{filter}_tiers.fits",
         psf=lambda w: depth_psf(w.target, w.filter),
     output:
         table="results/{target}/depth/{target}_{filter}_depth.ecsv",
@@ -122,7 +123,7 @@ rule depth:
         "../envs/jwst.yaml"
     shell:
         "python {params.script} --log {log} --params {params.params:q} --inject {params.inject} {input.mosaic}"
-        " --psf {input.psf} --table {output.table} --plot {output.plot}"
+        " --mask {input.mask} --psf {input.psf} --table {output.table} --plot {output.plot}"
 
 
 # ----------------------------------------------------------------------- release

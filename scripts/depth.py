@@ -1,8 +1,10 @@
 """5-sigma point-source depth of a mosaic from empty apertures (CEERS, Bagley et al. 2023, Sect. 3.3.4).
 
-Circular apertures of radii 0.05"-1.5" are placed on source-free pixels (BKGMASK == 0 and
-positive weight; an aperture is used only if every pixel it touches is source-free), on a
-jittered grid so that apertures of one radius do not overlap. The robust 1-sigma of the
+Circular apertures of radii 0.05"-1.5" are placed on source-free pixels (positive weight and
+outside the band's own tier mask, i.e. away from the sources detected in this image; the merged
+mask of all bands, made to keep faint sources out of the background fit, can leave no pixel
+free), an aperture used only if every pixel it touches is source-free, on a jittered grid at a
+random origin so that apertures of one radius do not overlap. The robust 1-sigma of the
 aperture sums (biweight scale) is the noise at each radius; a second-order polynomial of
 noise vs radius is fitted (Papovich et al. 2016; Finkelstein et al. 2022) and evaluated at
 r = 0.1"; dividing by the encircled energy of the band's PSF within 0.1" (as an aperture on
@@ -12,17 +14,18 @@ carries the pixel noise times sqrt(N pixels) -- the noise uncorrelated pixels wo
 and the plot shows both (the gap between them is the drizzle's pixel correlation).
 
 ``--inject N`` adds an injection-recovery check: N point sources of the PSF (integrated over
-the mosaic pixels) at 10x the predicted 5-sigma flux are added at source-free positions, their
-flux is measured in r = 0.1" apertures, and the recovered depth is 5 x the scatter of the
-measured fluxes divided by their mean recovered fraction.
+the mosaic pixels) at ``inject_snr`` (10) x the predicted 1-sigma total flux are added at
+source-free positions (in rounds of well-separated sources, each on a fresh copy of the mosaic),
+their flux is measured in r = 0.1" apertures, and the recovered depth is 5 x the robust scatter
+of the measured fluxes divided by the median fraction of the injected flux the apertures gained.
 
 PSF file: a normalised (or not) image in the primary HDU, header ``PIXSCALE`` = arcsec per
 array pixel, ``OVERSAMP`` = mosaic (detector) pixel / array pixel (the PSF-model format).
 
 Command line::
 
-    python scripts/depth.py MOSAIC_i2d.fits --psf PSF.fits --table depth.ecsv [--plot depth.png]
-        [--sci-ext SCI_BKSUB] [--inject 300] [--params JSON] [--log LOG]
+    python scripts/depth.py MOSAIC_i2d.fits --mask BAND_tiers.fits --psf PSF.fits --table depth.ecsv
+        [--plot depth.png] [--sci-ext SCI_BKSUB] [--inject 1000] [--params JSON] [--log LOG]
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ DEFAULTS = {
     "nsigma": 5.0,
     "seed": 12345,
     "inject_snr": 10.0,  # injected sources at this multiple of the predicted 1-sigma total flux
+    "inject_max_rounds": 50,  # injection rounds (fresh copies of the mosaic) to reach --inject sources
 }
 
 
@@ -131,12 +135,14 @@ def psf_on_grid(psf, psf_scale, oversample, pixel_scale, frac_x, frac_y):
 
 
 # --------------------------------------------------------------------------- apertures
-def aperture_centres(free_distance: np.ndarray, radius_px: float, max_n: int, rng):
-    """Centres (x, y) of non-overlapping apertures whose pixels are all source-free: a jittered grid
-    of spacing 2r + 2 px, kept where the distance to the nearest unusable pixel exceeds r + 1."""
+def aperture_centres(free_distance: np.ndarray, radius_px: float, max_n: int, rng, spacing_px=None):
+    """Centres (x, y) of apertures of ``radius_px`` whose pixels are all source-free: a jittered grid of
+    spacing ``spacing_px`` (default 2r + 2 px: apertures do not overlap) at a random origin, kept where the
+    distance to the nearest unusable pixel exceeds r + 1."""
     ny, nx = free_distance.shape
-    spacing = 2 * radius_px + 2
-    ys, xs = np.mgrid[spacing / 2 : ny - spacing / 2 : spacing, spacing / 2 : nx - spacing / 2 : spacing]
+    spacing = spacing_px or 2 * radius_px + 2
+    y0, x0 = radius_px + 1 + rng.uniform(0, spacing, 2)
+    ys, xs = np.mgrid[y0 : ny - radius_px - 1 : spacing, x0 : nx - radius_px - 1 : spacing]
     jitter = rng.uniform(-1, 1, (2,) + ys.shape)
     ys = np.clip(np.round(ys + jitter[0]).astype(int), 0, ny - 1).ravel()
     xs = np.clip(np.round(xs + jitter[1]).astype(int), 0, nx - 1).ravel()
@@ -237,36 +243,35 @@ def measure_depth(data, free, pixel_scale, pixel_sr, psf, psf_scale, params) -> 
 
 
 def inject_recover(data, free, pixel_scale, pixel_sr, psf, psf_scale, oversample, flux_ujy, n, params):
-    """Injection-recovery depth: n PSF sources of ``flux_ujy`` on source-free positions, measured in
-    r = reference_radius apertures; 5 x scatter / mean recovered fraction."""
-    from photutils.aperture import CircularAperture
+    """Injection-recovery depth (the check of CEERS Sect. 3.3.4's prediction): n PSF sources of ``flux_ujy``
+    on source-free positions (apertures placed like the empty ones), measured in r = reference_radius
+    apertures; depth = 5 x robust scatter of the measured fluxes / recovered fraction of the injected flux
+    (median of the aperture sums minus those of the same apertures before injection: the local sky level,
+    which the empty-aperture noise ignores too, does not enter).
+
+    The sources go in rounds, each on a fresh copy of the mosaic at positions of a new random grid
+    (spaced so that no source's light reaches another's aperture), until n are measured or
+    ``inject_max_rounds`` is reached: a small or crowded mosaic holds too few separated positions at once.
+    """
     from scipy.ndimage import distance_transform_edt
 
     rng = np.random.default_rng(int(params["seed"]) + 1)
     r_px = params["reference_radius_arcsec"] / pixel_scale
     to_ujy = pixel_sr * UJY_PER_MJYSR_SR
     distance = distance_transform_edt(free)
-    k = max(1, int(round(pixel_scale / psf_scale)))
-    centres = aperture_centres(distance, max(r_px, 6.0), n, rng)
-    image = np.array(data, np.float64)
-    positions = []
-    for x, y in centres:
-        fx = (rng.integers(0, k) + 0.5) / k - 0.5
-        fy = (rng.integers(0, k) + 0.5) / k - 0.5
-        stamp, stamp_half, (fx, fy) = psf_on_grid(psf, psf_scale, oversample, pixel_scale, fx, fy)
-        xi, yi = int(x), int(y)
-        y0, x0 = yi - stamp_half, xi - stamp_half
-        sy = slice(max(y0, 0), min(y0 + stamp.shape[0], image.shape[0]))
-        sx = slice(max(x0, 0), min(x0 + stamp.shape[1], image.shape[1]))
-        image[sy, sx] += flux_ujy / to_ujy * stamp[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0]
-        positions.append((xi + fx, yi + fy))
-    positions = np.array(positions)
-    measured = CircularAperture(positions, r=r_px).do_photometry(np.nan_to_num(image), method="exact")[0] * to_ujy
-    recovered = measured
-    fraction = float(np.median(recovered) / flux_ujy)
-    scatter = robust_sigma(recovered - np.median(recovered))
+    before, after = [], []
+    for _ in range(int(params["inject_max_rounds"])):
+        centres = aperture_centres(distance, r_px, n - len(after), rng, spacing_px=2 * max(r_px, 6.0) + 2)
+        sums = inject_round(data, centres, flux_ujy / to_ujy, r_px, psf, psf_scale, oversample, pixel_scale, rng)
+        before.extend(sums[0])
+        after.extend(sums[1])
+        if len(after) >= n:
+            break
+    measured = np.array(after) * to_ujy
+    fraction = float(np.median(measured - np.array(before) * to_ujy) / flux_ujy)
+    scatter = robust_sigma(measured - np.median(measured))
     return {
-        "n_injected": int(len(positions)),
+        "n_injected": int(measured.size),
         "flux_ujy": float(flux_ujy),
         "recovered_fraction": fraction,
         "scatter_ujy": scatter,
@@ -274,14 +279,55 @@ def inject_recover(data, free, pixel_scale, pixel_sr, psf, psf_scale, oversample
     }
 
 
+def inject_round(data, centres, flux, r_px, psf, psf_scale, oversample, pixel_scale, rng):
+    """(aperture sums before, after) adding point sources of ``flux`` (image units x pixels) to a copy of
+    ``data`` near ``centres``, each at a random sub-pixel offset (the PSF integrated over the mosaic pixels)."""
+    from photutils.aperture import CircularAperture
+
+    k = max(1, int(round(pixel_scale / psf_scale)))
+    image = np.array(data, np.float64)
+    positions = []
+    for x, y in centres:
+        fx, fy = (rng.integers(0, k, 2) + 0.5) / k - 0.5
+        stamp, half, (fx, fy) = psf_on_grid(psf, psf_scale, oversample, pixel_scale, fx, fy)
+        xi, yi = int(x), int(y)
+        y0, x0 = yi - half, xi - half
+        sy = slice(max(y0, 0), min(y0 + stamp.shape[0], image.shape[0]))
+        sx = slice(max(x0, 0), min(x0 + stamp.shape[1], image.shape[1]))
+        image[sy, sx] += flux * stamp[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0]
+        positions.append((xi + fx, yi + fy))
+    if not positions:
+        return np.empty(0), np.empty(0)
+    apertures = CircularAperture(np.array(positions), r=r_px)
+    return tuple(apertures.do_photometry(np.nan_to_num(a), method="exact")[0] for a in (data, image))
+
+
 # --------------------------------------------------------------------------- I/O
-def read_mosaic(path, sci_ext: str):
-    """(image, source-free mask, pixel scale arcsec, pixel area sr, band) of a background-subtracted mosaic."""
+def read_source_mask(path, shape) -> np.ndarray:
+    """The band's own tier mask (BKGMASK of a ``mosaic_background.py tiers`` file) on the mosaic's grid."""
+    from pathlib import Path
+
+    from astropy.io import fits
+
+    if not Path(path).exists():
+        raise wfutils.InputError(f"{path}: mask file does not exist")
+    with fits.open(path) as hdul:
+        if "BKGMASK" not in {h.name for h in hdul}:
+            raise wfutils.InputError(f"{path}: no BKGMASK extension")
+        bits = np.asarray(hdul["BKGMASK"].data)
+    if bits.shape != tuple(shape):
+        raise wfutils.InputError(f"{path}: mask shape {bits.shape} differs from the mosaic's {tuple(shape)}")
+    return bits
+
+
+def read_mosaic(path, sci_ext: str, mask_path):
+    """(image, source-free mask, pixel scale arcsec, pixel area sr, band) of a background-subtracted mosaic;
+    source-free: positive weight and none of the band's tiers set in ``mask_path``."""
     from astropy.io import fits
     from astropy.wcs import WCS
     from astropy.wcs.utils import proj_plane_pixel_scales
 
-    wfutils.check_image_file(path, extensions=("SCI", "WHT", "BKGMASK"))
+    wfutils.check_image_file(path, extensions=("SCI", "WHT"))
     with fits.open(path) as hdul:
         names = {h.name for h in hdul}
         ext = sci_ext if sci_ext in names else "SCI"
@@ -289,8 +335,7 @@ def read_mosaic(path, sci_ext: str):
             log.warning("%s: no %s extension; using SCI", path, sci_ext)
         data = np.asarray(hdul[ext].data, np.float32)
         valid = np.isfinite(data) & (np.asarray(hdul["WHT"].data) > 0)
-        used = int(hdul[0].header.get("BKGTIERU", 255))  # tiers the background fit left out count as sky
-        free = valid & ((np.asarray(hdul["BKGMASK"].data) & used) == 0)
+        free = valid & (read_source_mask(mask_path, data.shape) == 0)
         header = hdul["SCI"].header
         band = str(hdul[0].header.get("FILTER", header.get("FILTER", "")))
         with warnings.catch_warnings():
@@ -298,20 +343,20 @@ def read_mosaic(path, sci_ext: str):
             scale = float(np.sqrt(np.prod(proj_plane_pixel_scales(WCS(header).celestial))) * 3600.0)
         pixel_sr = header.get("PIXAR_SR") or scale**2 / 4.254517e10
     if free.sum() < 1000:
-        raise wfutils.InputError(f"{path}: only {int(free.sum())} source-free pixels (BKGMASK == 0, WHT > 0)")
+        raise wfutils.InputError(f"{path}: only {int(free.sum())} source-free pixels (WHT > 0, {mask_path} == 0)")
     return np.where(valid, data, np.nan), free, scale, float(pixel_sr), band
 
 
-def write_table(path, result, band, mosaic, psf_path, params, injection=None):
+def write_table(path, result, band, inputs: dict, params, injection=None):
+    """ECSV of the aperture rows and fit; ``inputs``: {"mosaic", "mask", "psf"} paths, kept in the metadata."""
     from astropy.table import Table
 
     table = Table(rows=result["rows"])
     table["fit_ujy"] = np.polyval(result["coefficients"], table["radius_arcsec"])
     meta = {
         "band": band,
-        "mosaic": str(mosaic),
-        "psf": str(psf_path),
-        "method": "empty apertures on BKGMASK == 0, polynomial fit, EE-corrected (CEERS Sect. 3.3.4)",
+        **{key: str(value) for key, value in inputs.items()},
+        "method": "empty apertures off the band's tier mask, polynomial fit, EE-corrected (CEERS Sect. 3.3.4)",
         "reference_radius_arcsec": params["reference_radius_arcsec"],
         "polynomial": result["coefficients"],
         "sigma_ref_ujy": result["sigma_ref_ujy"],
@@ -366,7 +411,8 @@ def plot(path, result, band, injection=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mosaic", help="background-subtracted mosaic (SCI_BKSUB, WHT, BKGMASK)")
+    parser.add_argument("mosaic", help="background-subtracted mosaic (SCI_BKSUB, WHT)")
+    parser.add_argument("--mask", required=True, help="the band's tier mask (mosaic_background.py tiers output)")
     parser.add_argument("--psf", required=True, help="PSF FITS (PIXSCALE, OVERSAMP header)")
     parser.add_argument("--table", required=True, help="output ECSV")
     parser.add_argument("--plot", help="output PNG")
@@ -378,7 +424,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
     params = {**DEFAULTS, **json.loads(args.params)}
-    data, free, scale, pixel_sr, band = read_mosaic(args.mosaic, args.sci_ext)
+    data, free, scale, pixel_sr, band = read_mosaic(args.mosaic, args.sci_ext, args.mask)
     psf, psf_scale, oversample = read_psf(args.psf)
     result = measure_depth(np.nan_to_num(data), free, scale, pixel_sr, psf, psf_scale, params)
     log.info(
@@ -402,7 +448,8 @@ def main(argv=None):
             injection["recovered_fraction"],
             injection["depth_ab"],
         )
-    write_table(args.table, result, band, args.mosaic, args.psf, params, injection)
+    inputs = {"mosaic": args.mosaic, "mask": args.mask, "psf": args.psf}
+    write_table(args.table, result, band, inputs, params, injection)
     if args.plot:
         plot(args.plot, result, band, injection)
 

@@ -83,10 +83,6 @@ DEFAULTS = {
     "box_px": 10,
     "filter_size": 5,
     "min_box_px": 3,  # scaled boxes are never smaller than this
-    # crowded fields: if the merged mask covers more than this fraction of a band's valid pixels, the
-    # most extended tiers are left out of the final fit (tier 1 first) until it does not (logged,
-    # BKGTIERU in the header); the published method has no such guard
-    "max_masked_fraction": 0.9,
 }
 STAT_SAMPLES = 2_000_000  # robust statistics use a regular subsample of at most this many pixels
 
@@ -369,19 +365,6 @@ def final_background(data: np.ndarray, valid: np.ndarray, mask_bits: np.ndarray,
     return np.where(valid, background, np.nan).astype(np.float32)
 
 
-def tiers_to_use(bits: np.ndarray, valid: np.ndarray, max_fraction: float) -> int:
-    """Bit pattern of the tiers used in the final fit: all, or without the most extended ones while the
-    mask covers more than ``max_fraction`` of the valid pixels (the least extended tier always stays)."""
-    n_valid = max(int(valid.sum()), 1)
-    present = int(np.bitwise_or.reduce(bits[valid])) if valid.any() else 0
-    used = present
-    k = 0
-    while used and ((bits & used) > 0)[valid].sum() / n_valid > max_fraction and (used >> (k + 1)):
-        used &= ~(1 << k)
-        k += 1
-    return used
-
-
 def subtract_background(data, valid, mask_bits, params, pixel_scale):
     """(background-subtracted image, background model) of one band with the merged mask."""
     background = final_background(data, valid, mask_bits, params, pixel_scale)
@@ -513,7 +496,6 @@ def write_bksub(src, dst, background, bits, exposures, stats, cfg_hash, inputs):
         ("BKGRMS", stats["background_rms"], "[MJy/sr] robust RMS of BKGD"),
         ("BKGBOX", stats["box_px"], "[px] final Background2D box"),
         ("BKGSCALE", stats["scale_factor"], "pixel parameters x this (0.03/scale)"),
-        ("BKGTIERU", stats.get("tiers_used", 255), "BKGMASK bits used in the fit (source-free: none)"),
     ]
     wfutils.save_model(out, dst, inputs, cfg_hash, "mosaic_background", cards)
     add_wcs_to_extensions(dst)
@@ -620,28 +602,17 @@ def command_subtract(args, params):
     data, valid, scale, _ = read_image(args.input)
     merged, _ = read_mask(args.mask)
     bits = mask_for_band(merged, data.shape, args.mask)
-    used = tiers_to_use(bits, valid, float(params["max_masked_fraction"]))
-    present = int(np.bitwise_or.reduce(bits[valid]))
-    if used != present:
-        log.warning(
-            "%s: merged mask covers %.1f%% of the valid pixels (> %.0f%%): final fit uses tier bits %s only",
-            args.input,
-            100 * ((bits > 0) & valid).sum() / valid.sum(),
-            100 * params["max_masked_fraction"],
-            bin(used),
-        )
-    if not ((bits & used) == 0)[valid].any():
+    if not (bits == 0)[valid].any():
         raise wfutils.InputError(f"{args.input}: the source mask {args.mask} leaves no source-free pixel")
-    bksub, background = subtract_background(data, valid, (bits & used).astype(np.uint8), params, scale)
+    bksub, background = subtract_background(data, valid, bits, params, scale)
     _, bkg_rms = robust_center_scale(background[valid])
     p = scaled_params(params, scale)
     stats = {
-        "masked_fraction": float(((bits & used) > 0)[valid].sum() / valid.sum()),
+        "masked_fraction": float((bits > 0)[valid].sum() / valid.sum()),
         "background_median": float(np.nanmedian(background[valid])),
         "background_rms": bkg_rms,
         "box_px": p["box_px"],
         "scale_factor": p["scale_factor"],
-        "tiers_used": used,
     }
     log.info(
         "%s: background median %.5f MJy/sr, RMS %.5f, box %d px, %.1f%% masked",

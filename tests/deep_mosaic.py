@@ -1,41 +1,28 @@
 """Synthetic deep-field mosaics with known truth for the finishing tests and benchmark.
 
 Sources are drawn and rendered by the simulator's own functions (``simulate_survey.draw_sources``,
-``add_gaussian_sources`` with the band's two-Gaussian PSF); the galaxy counts follow real deep
-fields (N(>1 uJy) ~ 30 per arcmin^2, N(>0.01 uJy) ~ 600, i.e. N(>F) ~ F^-0.65) rather than the
-workflow's synthetic deep field, which has ~6x more bright galaxies. Noise is drizzle-like
-(white noise smoothed by a 2x2 box, renormalised). The injected background is a plane plus a
-wisp-like arc (``simulate_survey.wisp_template``), returned separately.
+``add_gaussian_sources`` with the band's two-Gaussian PSF) from the workflow's deep-field sky
+(``simulation.sky.deep`` in config/config.yaml: the counts of real deep fields, N(>1 uJy) ~ 30
+galaxies per arcmin^2, N(>0.01 uJy) ~ 600). Noise is drizzle-like (white noise smoothed by a
+2x2 box, renormalised). The injected background is a plane plus a wisp-like arc
+(``simulate_survey.wisp_template``), returned separately.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import yaml
 
 import simulate_survey as sim
 
-PSF_CFG = {"min_fwhm_arcsec": 0.03, "wing_fraction": 0.15, "wing_width": 3.0}
-REALISTIC_DEEP = {
-    "disk": {"scale_fraction": 0.3},
-    "sources": {
-        "star": {
-            "density_per_arcmin2": 10,
-            "flux_2um_ujy": [0.5, 2000.0],
-            "flux_slope": 0.5,
-            "alpha": [-2.0, 0.1],
-            "size_arcsec": [0.0, 0.0],
-        },
-        "galaxy": {
-            "density_per_arcmin2": 600,
-            "flux_2um_ujy": [0.01, 300.0],
-            "flux_slope": 0.65,
-            "alpha": [0.3, 0.5],
-            "size_arcsec": [0.03, 0.4],
-        },
-    },
-}
+REPO = Path(__file__).resolve().parent.parent
+
+SIMULATION = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["simulation"]
+PSF_CFG = SIMULATION["psf"]
+DEEP_SKY = SIMULATION["sky"]["deep"]
 
 
 def injected_background(shape, gradient=0.010, wisp=0.010, pedestal=0.002) -> np.ndarray:
@@ -52,7 +39,7 @@ def make_deep_mosaic(
     band="F200W",
     seed=1,
     noise=0.0025,
-    population=REALISTIC_DEEP,
+    population=DEEP_SKY,
     gap=True,
     extra_sources=None,
 ):

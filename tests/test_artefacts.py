@@ -288,6 +288,17 @@ def simulated_deep_field(root, config, bands, scale):
     return sm.simulate(root, config["simulation"], "ceers_deep", bands, scale, effects={})
 
 
+def with_many_stars(config):
+    """The workflow config with the deep field's former 60 stars per arcmin^2 (0.5-20000 uJy): a
+    1/16-scale field (0.13 arcmin^2) of the realistic ~3 per arcmin^2 rarely holds a saturated star."""
+    import copy
+
+    config = copy.deepcopy(config)
+    star = config["simulation"]["sky"]["deep"]["sources"]["star"]
+    star.update(density_per_arcmin2=60, flux_2um_ujy=[0.5, 20000.0], flux_slope=0.5)
+    return config
+
+
 def test_wisp_scales_recovered_on_the_simulated_deep_field(tmp_path, workflow_config):
     """F200W at 1/8 scale (256 x 256 detectors, 12 exposures with wisps), stripes, snowballs and all.
 
@@ -319,7 +330,7 @@ def test_persistence_flags_on_the_simulated_deep_field(tmp_path, workflow_config
     """
     import persistence as bench
 
-    root = simulated_deep_field(tmp_path, workflow_config, ["F115W", "F200W"], 0.0625)
+    root = simulated_deep_field(tmp_path, with_many_stars(workflow_config), ["F115W", "F200W"], 0.0625)
     assert len(list((root / "history").glob("preceding_*_cal.fits"))) == 8  # one per SW detector
     params = bench.configured_params(workflow_config)
     default = bench.evaluate(root, params, bands=["F115W", "F200W"])

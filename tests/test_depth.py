@@ -50,7 +50,8 @@ def test_predicted_depth_matches_injection_recovery_within_0p1_mag(field):
     psf = simulator_psf.render_psf(field["psf"], SCALE, 4, 6.0, [SCALE])  # optics x pixel integration
     predicted = depth.measure_depth(field["bksub"], field["free"], SCALE, PIXEL_SR, psf, SCALE / 4, params)
     # injection: 400 point sources of 10 sigma at random sub-pixel positions on source-free sky,
-    # rendered by the simulator (Gaussians integrated over pixels), measured in r = 0.1" apertures
+    # rendered by the simulator (Gaussians integrated over pixels), measured in r = 0.1" apertures;
+    # the recovered fraction is what the apertures gained (as in depth.inject_recover)
     from photutils.aperture import CircularAperture
     from scipy.ndimage import distance_transform_edt
 
@@ -61,8 +62,10 @@ def test_predicted_depth_matches_injection_recovery_within_0p1_mag(field):
     flux = 10 * predicted["sigma_total_ujy"]
     image = field["bksub"].astype(np.float64)
     simulate_survey.add_gaussian_sources(image, x, y, np.full(x.size, flux), np.zeros(x.size), field["psf"], SCALE)
-    measured = CircularAperture(np.c_[x, y], r=0.1 / SCALE).do_photometry(image, method="exact")[0] * PIXEL_SR * 1e12
-    fraction = np.median(measured) / flux
+    apertures = CircularAperture(np.c_[x, y], r=0.1 / SCALE)
+    to_ujy = PIXEL_SR * 1e12
+    measured, before = (apertures.do_photometry(a, method="exact")[0] * to_ujy for a in (image, field["bksub"]))
+    fraction = np.median(measured - before) / flux
     scatter = depth.robust_sigma(measured - np.median(measured))
     recovered = depth.depth_mag(scatter / fraction, 5.0)
     print(
@@ -90,9 +93,11 @@ def test_command_line_writes_table_and_plot(field, tmp_path):
 
     m = field
     path = deep_mosaic.write_mosaic(tmp_path / "T_F200W_i2d.fits", m["sci"], m["err"], m["valid"], SCALE)
-    with fits.open(path, mode="update") as hdul:  # a background product: SCI_BKSUB and BKGMASK
+    with fits.open(path, mode="update") as hdul:  # a background product: SCI_BKSUB
         hdul.append(fits.ImageHDU(m["bksub"].astype(np.float32), hdul["SCI"].header, name="SCI_BKSUB"))
-        hdul.append(fits.ImageHDU((~m["free"] & m["valid"]).astype(np.uint8), name="BKGMASK"))
+    mask = tmp_path / "T_F200W_tiers.fits"  # the band's tier mask
+    bits = (~m["free"] & m["valid"]).astype(np.uint8)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(bits, name="BKGMASK")]).writeto(mask)
     psf_path = tmp_path / "F200W_psf.fits"
     simulator_psf.main(
         [
@@ -112,6 +117,8 @@ def test_command_line_writes_table_and_plot(field, tmp_path):
     depth.main(
         [
             str(path),
+            "--mask",
+            str(mask),
             "--psf",
             str(psf_path),
             "--table",
