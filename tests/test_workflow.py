@@ -81,7 +81,12 @@ def galaxy_runs(tmp_path_factory):
     return runs
 
 
-SIMULATION_PRODUCTS = ("results/NGC0628/truth/NGC0628_exposures_truth.ecsv", "results/NGC0628/truth/sky_truth.json")
+# the survey, its truth and the previous program's exposures (persistence history): a real survey's inputs
+SIMULATION_PRODUCTS = (
+    "results/NGC0628/truth/NGC0628_exposures_truth.ecsv",
+    "results/NGC0628/truth/sky_truth.json",
+    "simulate_history_NGC0628",
+)
 INPUT_FOLDERS = ("simulated", "references", "truth")  # what the simulation writes: a real survey's inputs
 
 
