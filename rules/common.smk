@@ -491,7 +491,7 @@ def simulated_history_detectors(target):
     return sorted(rows[rows["instrument"] == "NIRCAM"]["detector"].unique())
 
 
-@lru_cache
+@lru_cache(maxsize=None)
 def preceding_dir_files(directory):
     """(path, DETECTOR) of the ``*_cal.fits`` files in a directory of preceding-program exposures."""
     from astropy.io import fits

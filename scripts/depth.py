@@ -305,16 +305,9 @@ def inject_round(data, centres, flux, r_px, psf, psf_scale, oversample, pixel_sc
 # --------------------------------------------------------------------------- I/O
 def read_source_mask(path, shape) -> np.ndarray:
     """The band's own tier mask (BKGMASK of a ``mosaic_background.py tiers`` file) on the mosaic's grid."""
-    from pathlib import Path
+    from mosaic_background import read_mask
 
-    from astropy.io import fits
-
-    if not Path(path).exists():
-        raise wfutils.InputError(f"{path}: mask file does not exist")
-    with fits.open(path) as hdul:
-        if "BKGMASK" not in {h.name for h in hdul}:
-            raise wfutils.InputError(f"{path}: no BKGMASK extension")
-        bits = np.asarray(hdul["BKGMASK"].data)
+    bits, _ = read_mask(path)
     if bits.shape != tuple(shape):
         raise wfutils.InputError(f"{path}: mask shape {bits.shape} differs from the mosaic's {tuple(shape)}")
     return bits

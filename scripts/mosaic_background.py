@@ -428,8 +428,11 @@ def write_tiers(path, bits, header, pixel_scale, stats, inputs, cfg_hash):
 
 
 def read_mask(path):
+    """(BKGMASK tier bits, its header) of a ``tiers`` or ``merge`` output."""
     from astropy.io import fits
 
+    if not Path(path).exists():
+        raise wfutils.InputError(f"{path}: mask file does not exist")
     with fits.open(path) as hdul:
         if "BKGMASK" not in {h.name for h in hdul}:
             raise wfutils.InputError(f"{path}: no BKGMASK extension")
