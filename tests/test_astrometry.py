@@ -21,7 +21,7 @@ from astropy.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
-sys.path.insert(0, str(REPO / "tests" / "bench"))
+sys.path.append(str(REPO / "tests" / "bench"))  # after scripts/: bench/ also names steps
 
 import astrometry as bench  # noqa: E402
 

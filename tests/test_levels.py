@@ -14,7 +14,7 @@ import pytest
 import miri_lyot_split as mls
 from wflib import wfutils
 
-sys.path.insert(0, str(Path(__file__).parent / "bench"))
+sys.path.append(str(Path(__file__).parent / "bench"))  # after scripts/: bench/ also names steps
 import levels as bench  # noqa: E402  (tests/bench/levels.py: simulation and truth comparisons)
 
 
