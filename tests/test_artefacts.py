@@ -139,8 +139,9 @@ SNOWBALL_BAND = "F444W"
 
 
 def band_only(config: dict) -> dict:
-    """The simulation config of the deep field observed in SNOWBALL_BAND only."""
-    sim = copy.deepcopy(config["simulation"])
+    """The simulation config of the deep field observed in SNOWBALL_BAND only, as the survey rules pass
+    it (without the HST-like images, rules/common.smk ``survey_sim_param``)."""
+    sim = copy.deepcopy({key: value for key, value in config["simulation"].items() if key != "hst"})
     sim["layouts"]["ceers_deep"]["nircam"]["filters"] = [SNOWBALL_BAND]
     return sim
 
