@@ -39,14 +39,14 @@ def wisp_template_path(target, detector, filter):
 
 def wisp_params(target, outputs, instrument, filter, detector):
     """wisp_subtract parameters of a job making ``outputs``. Exposures whose snowballs were refitted in
-    their ramps (CEERS Sec. 3.1.1, rules/stage12.smk) carry the grown snowball footprints as JUMP_DET
+    their ramps (CEERS Sec. 3.1.1, rules/stage12.smk: simulated or real) carry the grown snowball footprints as JUMP_DET
     and no unflagged wings around them: when every exposure of the job is one, the fit does not mask
     snowball wings (snowball_min_jump_px 0; with the mask, 3 radii around those footprints, the
     1/8-scale deep field's F200W fit kept 3k of ~50k pixels in one exposure and failed in another).
     The persistence step's wing mask serves only its fixed-pattern search (off by default)."""
     params = json.loads(step_params("wisp_subtract", target, instrument, filter, detector))
     names = [Path(p).name.removesuffix("_cal.fits") for p in outputs]
-    if names and all(has_ramp(target, n) for n in names):
+    if names and all(has_ramp(target, n) or real_snowball(target, n) for n in names):
         params["snowball_min_jump_px"] = 0
     return json_param(params)
 

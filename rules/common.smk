@@ -606,16 +606,41 @@ def stage1_rate_path(target, name):
     return f"results/{target}/stage1/{name}_rate.fits"
 
 
+def real_snowball(target, name):
+    """Whether a real exposure starting at uncal has its snowballs flagged (CEERS Sec. 3.1.1,
+    corrections.snowball_flag): its Stage 1 stops after the jump step (rule stage1_jump)."""
+    return (
+        not is_simulated(target)
+        and exposure_table.input_level(target_row(target), config) == "uncal"
+        and step_applies("snowball_flag", EXPOSURES.loc[(target, name)])
+    )
+
+
+def jump_ramp_path(target, name):
+    return f"results/{target}/stage1_jump/{name}_ramp.fits"
+
+
+def real_snowball_rate_path(target, name):
+    return f"results/{target}/stage1_snowball/{name}_rate.fits"
+
+
 def persistence_path(target, name):
-    return f"results/{target}/stage1/{name}_persistence.asdf"
+    stage = "stage1_jump" if real_snowball(target, name) else "stage1"
+    return f"results/{target}/{stage}/{name}_persistence.asdf"
 
 
 def rate_path(target, name):
-    """Rate image of an exposure: made by Stage 1 (input level uncal) or given by the user (rate)."""
+    """Rate image of an exposure: made by Stage 1 (input level uncal; refitted after snowball
+    flagging where that applies) or given by the user (rate)."""
     stage12_exposure(target, name, ("uncal", "rate"))
     if exposure_table.input_level(target_row(target), config) == "uncal":
-        return stage1_rate_path(target, name)
+        return real_snowball_rate_path(target, name) if real_snowball(target, name) else stage1_rate_path(target, name)
     return real_input_file(target, name, "rate")
+
+
+def real_snowball_params(wildcards):
+    row = EXPOSURES.loc[(wildcards.target, wildcards.name)]
+    return step_params("snowball_flag", wildcards.target, row["instrument"], row["filter"], row["detector"])
 
 
 def stage1_inputs(wildcards):

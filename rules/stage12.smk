@@ -1,7 +1,8 @@
 # Real data, Stage 1 (Detector1Pipeline: uncal -> rate) and Stage 2 (Image2Pipeline: rate -> cal).
 # Only for targets whose sheet `input` is a directory and whose input level is uncal or rate;
 # cal_path() in common.smk points the per-exposure chain at results/{target}/stage2/ for them.
-# Simulated ramps (snowball correction, then the simulator's Stage 2): at the end of this file.
+# Simulated ramps (snowball correction, then the simulator's Stage 2): at the end of this file;
+# real exposures whose snowballs are flagged: rules stage1_jump and snowball_flag_real.
 # The exposures of a detector go through Stage 1 in time order: each one's persistence step
 # reads the open persistence windows left by the previous exposure (`previous` column of
 # EXPOSURES). MIRI science exposures get the off-field rates of their filter as background
@@ -32,6 +33,58 @@ rule stage1:
         "python {params.script} --log {log} --out {output.rate} --persistence-out {output.persistence}"
         " {params.persistence_in} --steps {params.steps:q} {params.crds}"
         " {input.uncal:q}"
+
+
+# CEERS Sec. 3.1.1 on real data: an exposure whose snowballs are flagged (real_snowball) stops
+# Stage 1 after the jump step; its ramp (temporary: ~10x the rate's size) gets the snowball wings
+# flagged and is refitted with the gain and read noise the jump step used (from the CRDS cache),
+# and Stage 2 reads that rate (rate_path).
+rule stage1_jump:
+    input:
+        unpack(stage1_inputs),
+    output:
+        ramp=temp("results/{target}/stage1_jump/{name}_ramp.fits"),
+        persistence="results/{target}/stage1_jump/{name}_persistence.asdf",
+    params:
+        script=script_path("run_stage1.py"),
+        steps=json_param(config.get("stage1", {}).get("steps", {})),
+        persistence_in=stage1_persistence_arg,
+        crds=crds_args(),
+    log:
+        "logs/stage1_jump/{target}/{name}.log",
+    benchmark:
+        "benchmarks/stage1_jump/{target}/{name}.tsv"
+    resources:
+        mem_mb=stage1_mem_mb,
+        runtime=stage1_runtime,
+    conda:
+        "../envs/jwst.yaml"
+    shell:
+        "python {params.script} --log {log} --ramp-only --out {output.ramp} --persistence-out {output.persistence}"
+        " {params.persistence_in} --steps {params.steps:q} {params.crds}"
+        " {input.uncal:q}"
+
+
+rule snowball_flag_real:
+    input:
+        "results/{target}/stage1_jump/{name}_ramp.fits",
+    output:
+        "results/{target}/stage1_snowball/{name}_rate.fits",
+    params:
+        script=script_path("snowball_flag.py"),
+        params=real_snowball_params,
+    log:
+        "logs/snowball_flag/{target}/{name}.log",
+    benchmark:
+        "benchmarks/snowball_flag/{target}/{name}.tsv"
+    resources:
+        mem_mb=lambda wildcards, input, attempt: int(max(2000, 4 * input.size_mb) * attempt),
+        runtime=lambda wildcards, input, attempt: int(10 * attempt),
+    conda:
+        "../envs/jwst.yaml"
+    shell:
+        "python {params.script} --log {log} --gain crds --readnoise crds --params {params.params:q}"
+        " {input:q} {output:q}"
 
 
 # ----------------------------------------------------------------------- Stage 2

@@ -14,7 +14,12 @@ workflow enforces:
   order and hands each the file of the previous one. The pre-jwst-1.20 trapsfilled keys
   (``input_trapsfilled``, ``save_trapsfilled``) no longer exist and are dropped.
 
-The rate image is written with ``wfutils.save_model`` and the persistence record with
+With ``--ramp-only`` (exposures whose snowballs the workflow flags, CEERS Sec. 3.1.1) ramp
+fitting and gain scaling are skipped and the ramp after the jump step (RampModel, with the
+gain and read-noise references the jump step used in ``meta.ref_file``) is written instead,
+for ``snowball_flag.py`` to refit.
+
+The rate image (or ramp) is written with ``wfutils.save_model`` and the persistence record with
 provenance, both atomically. Reference files come from CRDS: ``require_crds`` checks the
 local cache is configured and pins ``CRDS_CONTEXT``; a CRDS ``sys.exit`` becomes an
 ``InputError`` naming the exposure. ``require_crds`` and ``crds_guard`` are shared with
@@ -122,14 +127,17 @@ def parse_steps(text: str | None) -> dict:
 
 
 # ----------------------------------------------------------------------- parameters
-def stage1_step_parameters(steps_config: dict, persistence_in: str | None, persistence_out: str | None = None) -> dict:
+def stage1_step_parameters(
+    steps_config: dict, persistence_in: str | None, persistence_out: str | None = None, ramp_only: bool = False
+) -> dict:
     """Detector1Pipeline ``steps`` dict: the config's overrides plus what the workflow enforces.
 
     ``suppress_one_group`` is always False; the persistence step reads the open persistence
     windows of the previous exposure on the detector (``persistence_in``; None for the first
     one) and writes its own (``persistence_out``). Persistence file keys given in the config
     are replaced, legacy trapsfilled keys dropped. Raises InputError if the persistence step
-    is switched on without a ``persistence_time``.
+    is switched on without a ``persistence_time``. ``ramp_only`` skips ramp fitting and gain
+    scaling (the pipeline then returns the ramp).
     """
     steps = copy.deepcopy(steps_config or {})
     ramp_fit = steps.setdefault("ramp_fit", {})
@@ -139,6 +147,9 @@ def stage1_step_parameters(steps_config: dict, persistence_in: str | None, persi
             ramp_fit["suppress_one_group"],
         )
     ramp_fit["suppress_one_group"] = False
+    if ramp_only:
+        ramp_fit["skip"] = True
+        steps.setdefault("gain_scale", {})["skip"] = True
 
     persistence = steps.setdefault("persistence", {})
     for key in LEGACY_PERSISTENCE_KEYS:
@@ -186,7 +197,7 @@ def write_asdf(tree: dict, path) -> None:
 
 
 def run_detector1(uncal: Path, steps: dict, workdir: Path):
-    """Run Detector1Pipeline on one exposure; return the rate ImageModel."""
+    """Run Detector1Pipeline on one exposure; return the rate ImageModel (the RampModel if ramp_fit is skipped)."""
     os.environ["STPIPE_DISABLE_CRDS_STEPPARS"] = "true"
     from jwst.pipeline import Detector1Pipeline
 
@@ -214,7 +225,10 @@ def add_common_arguments(parser) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("uncal", help="the exposure's _uncal.fits file")
-    parser.add_argument("--out", required=True, help="rate image to write (_rate.fits)")
+    parser.add_argument("--out", required=True, help="rate image to write (_rate.fits; _ramp.fits with --ramp-only)")
+    parser.add_argument(
+        "--ramp-only", action="store_true", help="stop before ramp fitting and write the ramp (for snowball_flag.py)"
+    )
     parser.add_argument("--persistence-in", help="persistence record of the previous exposure on this detector")
     parser.add_argument("--persistence-out", help="persistence record of this exposure to write (.asdf)")
     parser.add_argument("--steps", help="JSON {step: {parameter: value}} of Detector1Pipeline overrides")
@@ -241,7 +255,7 @@ def main(argv=None) -> None:
         workdir = Path(tmp)
         jwst_persistence = workdir / "persistence.asdf"
         steps = stage1_step_parameters(
-            steps_config, args.persistence_in, jwst_persistence if args.persistence_out else None
+            steps_config, args.persistence_in, jwst_persistence if args.persistence_out else None, args.ramp_only
         )
         log.info("Detector1Pipeline on %s with steps %s", uncal, json.dumps(steps, sort_keys=True))
         rate = run_detector1(uncal, steps, workdir)

@@ -14,16 +14,20 @@ wings, which stay in the count-rate image. For each integration and group plane:
    with the gain and read-noise arrays, so that each pixel's slope excludes the jump.
 
 ``python scripts/snowball_flag.py RAMP RATE --gain GAIN --readnoise READNOISE`` reads a
-``*_ramp.fits`` RampModel (Stage 1 after the jump step, e.g. Detector1Pipeline with
-``save_calibrated_ramp``) and writes the corrected rate image (ImageModel, DN/s) with the number
-of snowballs and flagged pixels in the primary header (SNOWNUM, SNOWNPIX). jwst's own
-alternative, ``JumpStep(expand_large_events=True)``, is compared in tests/bench/snowball.py.
+``*_ramp.fits`` RampModel (Stage 1 after the jump step: ``run_stage1.py --ramp-only``, or
+Detector1Pipeline with ``save_calibrated_ramp``) and writes the corrected rate image (ImageModel,
+DN/s) with the number of snowballs and flagged pixels in the primary header (SNOWNUM, SNOWNPIX).
+``--gain crds`` / ``--readnoise crds`` take the reference files the jump step used (the ramp's
+``meta.ref_file``) from the local CRDS cache (``CRDS_PATH``); full-frame references are cut to a
+subarray ramp. jwst's own alternative, ``JumpStep(expand_large_events=True)``, is compared in
+tests/bench/snowball.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +44,7 @@ DEFAULTS = {
     "include_saturated": True,
     "algorithm": "OLS_C",
 }
+CRDS_REFERENCE = "crds"  # --gain/--readnoise value: the file the jump step used, from the CRDS cache
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -142,16 +147,55 @@ def read_ramp(path):
     return model
 
 
-def read_reference(path, shape, what: str) -> np.ndarray:
+def reference_path(value: str, model, reftype: str) -> Path:
+    """The gain or read-noise file: ``value`` itself, or for ``crds`` the file the jump step used
+    (the ramp's ``meta.ref_file.<reftype>``), located in the local CRDS cache."""
+    if value != CRDS_REFERENCE:
+        return Path(value)
+    ramp = model.meta.filename or "the ramp"
+    name = getattr(getattr(model.meta.ref_file, reftype, None), "name", None)
+    if not name or name == "N/A":
+        raise wfutils.InputError(
+            f"{ramp}: names no {reftype} reference (meta.ref_file.{reftype}); give --{reftype} PATH"
+        )
+    if not name.startswith("crds://"):
+        return Path(name)
+    if not os.environ.get("CRDS_PATH"):
+        raise wfutils.InputError(
+            f"{ramp}: its {reftype} reference is {name}; set CRDS_PATH to the CRDS cache holding it"
+        )
+    from crds import locate_file
+
+    path = Path(locate_file(name.removeprefix("crds://"), "jwst"))
+    if not path.is_file():
+        raise wfutils.InputError(
+            f"{ramp}: its {reftype} reference {name} is not in the CRDS cache ({path}); sync the cache "
+            "(crds sync --files ...) or give the file with --" + reftype
+        )
+    return path
+
+
+def read_reference(path, shape, what: str, origin=(0, 0)) -> np.ndarray:
+    """SCI array of a reference file; a larger (full-frame) one is cut at ``origin`` (row, column)
+    of the ramp's subarray."""
     from astropy.io import fits
 
     try:
         data = np.asarray(fits.getdata(path, "SCI"), dtype=np.float32)
     except Exception as exc:  # noqa: BLE001
         raise wfutils.InputError(f"{path}: not a readable {what} file with a SCI extension ({exc})") from exc
+    (y0, x0), (ny, nx) = origin, shape
+    if data.shape != tuple(shape) and data.ndim == 2 and data.shape[0] >= y0 + ny and data.shape[1] >= x0 + nx:
+        data = data[y0 : y0 + ny, x0 : x0 + nx]
     if data.shape != tuple(shape):
         raise wfutils.InputError(f"{path}: {what} shape {data.shape} differs from the ramp's {tuple(shape)}")
     return data
+
+
+def subarray_origin(model) -> tuple[int, int]:
+    """(row, column) of the ramp's first pixel on the full detector (SUBSTRT2/1 are 1-based)."""
+    sub = model.meta.subarray
+    return (int(sub.ystart or 1) - 1, int(sub.xstart or 1) - 1)
 
 
 def correct_ramp(model, gain, readnoise, params: dict):
@@ -178,17 +222,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("input", help="ramp after the jump step (RampModel, *_ramp.fits)")
     parser.add_argument("output", help="corrected rate image (ImageModel, DN/s)")
-    parser.add_argument("--gain", required=True, help="gain reference (SCI, e-/DN), e.g. a CRDS gain file")
-    parser.add_argument("--readnoise", required=True, help="read-noise reference (SCI, DN)")
+    parser.add_argument("--gain", required=True, help="gain reference (SCI, e-/DN); crds: the jump step's")
+    parser.add_argument("--readnoise", required=True, help="read-noise reference (SCI, DN); crds: the jump step's")
     wfutils.add_run_options(parser, params_help="JSON overriding " + ", ".join(DEFAULTS))
     args = parser.parse_args(argv)
     wfutils.setup_logging(args.log)
     params = wfutils.parse_params(args.params, DEFAULTS)
     model = read_ramp(args.input)
     try:
-        shape = model.data.shape[2:]
-        gain = read_reference(args.gain, shape, "gain")
-        readnoise = read_reference(args.readnoise, shape, "read-noise")
+        shape, origin = model.data.shape[2:], subarray_origin(model)
+        gain_path = reference_path(args.gain, model, "gain")
+        readnoise_path = reference_path(args.readnoise, model, "readnoise")
+        gain = read_reference(gain_path, shape, "gain", origin)
+        readnoise = read_reference(readnoise_path, shape, "read-noise", origin)
         image_info, report = correct_ramp(model, gain, readnoise, params)
         out = rate_model(image_info, model)
     finally:
@@ -198,7 +244,7 @@ def main(argv=None):
         ("SNOWNPIX", report["flagged_pixels"], "pixels flagged as snowball jumps"),
     ]
     wfutils.save_model(
-        out, args.output, [args.input, args.gain, args.readnoise], args.config_hash, "snowball_flag", cards
+        out, args.output, [args.input, gain_path, readnoise_path], args.config_hash, "snowball_flag", cards
     )
     log.info("%s: %d snowballs, %d pixels flagged as jumps, ramps refitted (%s)", Path(args.input).name,
              report["snowballs"], report["flagged_pixels"], params["algorithm"])  # fmt: skip

@@ -76,6 +76,42 @@ def test_snowball_cli_writes_rate(tmp_path):
         assert hdul["SCI"].data.shape == (64, 64)
 
 
+def test_snowball_cli_takes_the_jump_steps_references_from_the_crds_cache(tmp_path, monkeypatch):
+    """``--gain crds --readnoise crds``: the files named in the ramp's meta.ref_file, found in the
+    CRDS cache and cut to the ramp's subarray, give the rate the explicit 64 x 64 files give."""
+    from astropy.io import fits
+    from stdatamodels.jwst import datamodels
+
+    ramp = simulate_ramps.blank_sky_ramp((64, 64), 5, {"snowballs_per_fullframe_900s": 3000.0})
+    paths = simulate_ramps.write_ramp(ramp, tmp_path, "jw09999001001_02101_00001_nrca1")
+    cache = tmp_path / "crds"
+    refs = cache / "references" / "jwst" / "nircam"
+    refs.mkdir(parents=True)
+    y0, x0 = 16, 32  # SUBSTRT2 - 1, SUBSTRT1 - 1
+    for kind, name in (("gain", "jwst_nircam_gain_9999.fits"), ("readnoise", "jwst_nircam_readnoise_9999.fits")):
+        full = np.full((128, 128), 1e6, np.float32)  # wrong everywhere but under the subarray
+        full[y0 : y0 + 64, x0 : x0 + 64] = fits.getdata(paths[kind], "SCI")
+        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(full, name="SCI")]).writeto(refs / name)
+    with datamodels.open(str(paths["ramp"])) as model:
+        model.meta.ref_file.gain.name = "crds://jwst_nircam_gain_9999.fits"
+        model.meta.ref_file.readnoise.name = "crds://jwst_nircam_readnoise_9999.fits"
+        model.meta.subarray.xstart, model.meta.subarray.ystart = x0 + 1, y0 + 1
+        model.save(str(tmp_path / "sub_ramp.fits"))
+    monkeypatch.setenv("CRDS_PATH", str(cache))
+    explicit, from_crds = tmp_path / "explicit.fits", tmp_path / "crds_rate.fits"
+    snowball_flag.main([str(paths["ramp"]), str(explicit), "--gain", str(paths["gain"]),
+                        "--readnoise", str(paths["readnoise"])])  # fmt: skip
+    snowball_flag.main([str(tmp_path / "sub_ramp.fits"), str(from_crds), "--gain", "crds", "--readnoise", "crds"])
+    np.testing.assert_array_equal(fits.getdata(explicit, "SCI"), fits.getdata(from_crds, "SCI"))
+    assert fits.getheader(from_crds)["WFIN0002"] == "jwst_nircam_gain_9999.fits"
+
+    (refs / "jwst_nircam_gain_9999.fits").unlink()
+    with pytest.raises(
+        wfutils.InputError, match="gain reference crds://jwst_nircam_gain_9999.fits is not in the CRDS cache"
+    ):
+        snowball_flag.main([str(tmp_path / "sub_ramp.fits"), str(from_crds), "--gain", "crds", "--readnoise", "crds"])
+
+
 # ----------------------------------------------------------------------------- snowballs in the workflow
 DEEP = "DEEPFIELD1"
 DEEP_BANDS = ("F115W", "F150W", "F200W", "F277W", "F356W", "F410M", "F444W")

@@ -139,7 +139,7 @@ def workflow_setup(tmp_path_factory):
     return {"root": root, "input": input_dir, "rates": rate_dir, "override": override, "workdir": workdir}
 
 
-def dry_run(setup, *targets):
+def dry_run(setup, *targets, extra_configs=()):
     """``snakemake -n -p`` in the fixture's workdir; returns (returncode, combined output)."""
     cmd = [
         str(SNAKEMAKE),
@@ -155,6 +155,7 @@ def dry_run(setup, *targets):
         "--configfile",
         str(REPO / "config" / "config.yaml"),
         str(setup["override"]),
+        *map(str, extra_configs),
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     return proc.returncode, proc.stdout + proc.stderr
@@ -203,6 +204,17 @@ def test_stage1_suppress_one_group_always_false():
     assert steps["jump"] == {"rejection_threshold": 5}
     assert config_steps["ramp_fit"]["suppress_one_group"] is True  # the config is not modified
     assert run_stage1.stage1_step_parameters({}, None)["ramp_fit"]["suppress_one_group"] is False
+
+
+def test_stage1_ramp_only_stops_after_the_jump_step():
+    """--ramp-only (snowball flagging on real data): jwst's pipeline skips ramp fitting and gain
+    scaling and so returns the ramp after the jump step; without it nothing is skipped."""
+    from jwst.pipeline import Detector1Pipeline
+
+    ramp_only = Detector1Pipeline(steps=run_stage1.stage1_step_parameters({}, None, None, ramp_only=True))
+    assert ramp_only.ramp_fit.skip and ramp_only.gain_scale.skip and not ramp_only.jump.skip
+    full = Detector1Pipeline(steps=run_stage1.stage1_step_parameters({}, None, None))
+    assert not full.ramp_fit.skip and not full.gain_scale.skip
 
 
 def test_stage1_persistence_from_previous_exposure():
@@ -450,25 +462,47 @@ def test_crds_exit_becomes_a_clear_error(tmp_path):
 def test_dag_has_stage1_and_stage2_for_every_exposure(real_dag):
     assert set(real_dag["stage2"]) == {NRC1, NRC2, MIRI_SCI}
     # Off-field exposures go through Stage 1 (they are background members), the far visit does not.
-    assert set(real_dag["stage1"]) == {NRC1, NRC2, MIRI_SCI, MIRI_OFF1, MIRI_OFF2}
-    for name, job in real_dag["stage1"].items():
+    # NIRCam (snowball flagging on: the target has no layout that switches it off) stops Stage 1
+    # after the jump step; the snowball job refits its ramp.
+    assert set(real_dag["stage1"]) == {MIRI_SCI, MIRI_OFF1, MIRI_OFF2}
+    assert set(real_dag["stage1_jump"]) == set(real_dag["snowball_flag_real"]) == {NRC1, NRC2}
+    for name, job in {**real_dag["stage1"], **real_dag["stage1_jump"]}.items():
         assert "run_stage1.py" in job["shell"]
         assert any(p.endswith(f"{name}_uncal.fits") for p in job["input"])
         assert "--crds-context jwst_1413.pmap" in job["shell"]
+        assert ("--ramp-only" in job["shell"]) == (name in (NRC1, NRC2))
+    for name, job in real_dag["snowball_flag_real"].items():
+        assert job["input"] == [f"results/REALGAL/stage1_jump/{name}_ramp.fits"]
+        assert "snowball_flag.py" in job["shell"] and "--gain crds --readnoise crds" in job["shell"]
     for name, job in real_dag["stage2"].items():
         assert "run_stage2.py" in job["shell"]
-        assert f"results/REALGAL/stage1/{name}_rate.fits" in job["input"]
+        stage = "stage1_snowball" if name in (NRC1, NRC2) else "stage1"
+        assert f"results/REALGAL/{stage}/{name}_rate.fits" in job["input"]
 
 
 def test_dag_persistence_follows_time_order(real_dag):
-    stage1 = real_dag["stage1"]
-    previous = f"results/REALGAL/stage1/{NRC1}_persistence.asdf"
-    assert previous in stage1[NRC2]["input"]
-    assert f"--persistence-in {previous}" in stage1[NRC2]["shell"]
-    assert not any(p.endswith("_persistence.asdf") for p in stage1[NRC1]["input"])
-    assert "--persistence-in" not in stage1[NRC1]["shell"]
+    jump, stage1 = real_dag["stage1_jump"], real_dag["stage1"]
+    previous = f"results/REALGAL/stage1_jump/{NRC1}_persistence.asdf"
+    assert previous in jump[NRC2]["input"]
+    assert f"--persistence-in {previous}" in jump[NRC2]["shell"]
+    assert not any(p.endswith("_persistence.asdf") for p in jump[NRC1]["input"])
+    assert "--persistence-in" not in jump[NRC1]["shell"]
     # MIRI: the science exposure precedes the off-field visit on the same detector.
     assert f"results/REALGAL/stage1/{MIRI_SCI}_persistence.asdf" in stage1[MIRI_OFF1]["input"]
+
+
+def test_dag_without_snowball_flagging_runs_the_whole_stage1(workflow_setup, tmp_path):
+    """corrections.snowball_flag switched off for the target: NIRCam's Stage 1 fits its own ramps."""
+    off = tmp_path / "off.yaml"
+    off.write_text(
+        yaml.safe_dump({"corrections": {"snowball_flag": {"overrides": [{"targets": ["REALGAL"], "enabled": False}]}}})
+    )
+    code, text = dry_run(workflow_setup, f"results/REALGAL/stage2/{NRC2}_cal.fits", extra_configs=[off])
+    assert code == 0, text
+    jobs = parse_jobs(text)
+    assert {job["rule"] for job in jobs} == {"stage1", "stage2"}
+    stage2 = next(job for job in jobs if job["rule"] == "stage2")
+    assert stage2["input"] == [f"results/REALGAL/stage1/{NRC2}_rate.fits"]
 
 
 def test_dag_miri_background_is_the_closest_offfield_visit(real_dag):
@@ -478,7 +512,7 @@ def test_dag_miri_background_is_the_closest_offfield_visit(real_dag):
     assert not any(MIRI_OFF_LATE in p for p in miri["input"])
     assert miri["shell"].endswith("--background " + " ".join(backgrounds))
     nircam = real_dag["stage2"][NRC1]
-    assert nircam["input"] == [f"results/REALGAL/stage1/{NRC1}_rate.fits"]
+    assert nircam["input"] == [f"results/REALGAL/stage1_snowball/{NRC1}_rate.fits"]
     assert "--background" not in nircam["shell"]
 
 
