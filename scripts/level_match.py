@@ -263,6 +263,35 @@ def reject_pairs(pairs: list[Pair], params: dict) -> None:
                 p.reason = (
                     f"difference RMS {p.rms:.4g} > mean + {params['max_rms_sigma']} sigma of the others ({limit:.4g})"
                 )
+            restore_bridges([p for p, _ in flagged], pairs)
+
+
+def restore_bridges(rejected: list[Pair], pairs: list[Pair]) -> None:
+    """Keep RMS-rejected pairs that are the only link between parts of the overlap graph.
+
+    The RMS cut drops noisy pairs that other pairs make redundant; a pair whose two images are
+    not otherwise connected (e.g. a Lyot stack whose one overlap is noisier than the mean) is
+    the only measurement of their relative level, and a least-squares tie across a bridge does
+    not change the solution inside either side. Without it each side would get its own gauge.
+    Restored in order of increasing RMS; the reason says so.
+    """
+    parent = list(range(1 + max((max(p.i, p.j) for p in pairs), default=0)))
+
+    def root(k):
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for p in pairs:
+        if p.kept:
+            parent[root(p.i)] = root(p.j)
+    for p in sorted(rejected, key=lambda q: q.rms):
+        a, b = root(p.i), root(p.j)
+        if a != b:
+            parent[a] = b
+            p.kept = True
+            p.reason = "kept although " + p.reason + ": the only link between its images' parts of the graph"
 
 
 def pair_weight(pair: Pair, weighting: str) -> float:
@@ -561,6 +590,8 @@ def match_levels(
             for p in pairs:
                 if not p.kept:
                     log.info("visit %s: rejected pair %s - %s: %s", key, sub_names[p.i], sub_names[p.j], p.reason)
+                elif p.reason:
+                    log.warning("visit %s: pair %s - %s %s", key, sub_names[p.i], sub_names[p.j], p.reason)
             ref = members.index(reference_index) if reference_index in members else None
             sol, comps, err = solve_graph(sub_names, pairs, params, ref, label=f"visit {key}")
             for local, k in enumerate(members):
@@ -605,6 +636,8 @@ def match_levels(
         for p in pairs:
             if not p.kept:
                 log.info("mosaic: rejected pair %s - %s: %s", unit_labels[p.i], unit_labels[p.j], p.reason)
+            elif p.reason:
+                log.warning("mosaic: pair %s - %s %s", unit_labels[p.i], unit_labels[p.j], p.reason)
         ref_unit = int(unit_of_image[reference_index]) if reference_index is not None else None
         sol, comps, err = solve_graph(unit_labels, pairs, params, ref_unit, label="mosaic")
         for u, members in enumerate(units):

@@ -175,6 +175,26 @@ def test_pair_cuts_follow_the_paper_thresholds():
     assert all(p.kept for p in pairs)
 
 
+def test_rms_cut_never_disconnects_the_graph():
+    """A noisy pair that is the only link of an image (a Lyot stack) is kept, with the reason; one
+    with an alternative path is rejected; the solution of the rest does not change."""
+    params = dict(lm.DEFAULTS)
+    ring = [lm.Pair(k, (k + 1) % 10, 10000, 0.01 * k, 0.10 + 0.001 * k, 0.9, 0.9) for k in range(10)]
+    noisy_redundant = lm.Pair(0, 2, 8000, 0.5, 0.5, 0.9, 0.9)
+    noisy_bridge = lm.Pair(4, 10, 8000, 0.2, 0.45, 0.9, 0.9)  # image 10 overlaps only image 4
+    pairs = [*ring, noisy_redundant, noisy_bridge]
+    lm.reject_pairs(pairs, params)
+    assert all(p.kept for p in ring)
+    assert not noisy_redundant.kept and noisy_redundant.reason.startswith("difference RMS")
+    assert noisy_bridge.kept and "only link" in noisy_bridge.reason
+    assert lm.connected_components(11, pairs) == [list(range(11))]
+    with_bridge, _ = lm.solve_offsets(11, pairs)
+    without, _ = lm.solve_offsets(10, [*ring, noisy_redundant])
+    # image 10 sits 0.2 below image 4; the ring's offsets only shift by the common gauge
+    assert with_bridge[4, 0] - with_bridge[10, 0] == pytest.approx(0.2)
+    assert np.allclose(np.diff(with_bridge[:10, 0]), np.diff(without[:, 0]))
+
+
 # ----------------------------------------------------------------------------- two stages on arrays
 def test_two_stage_matching_recovers_offsets_in_bright_emission():
     """2x2 tiles x 4 dithers over emission that fills every overlap, with noise, NaN holes and
