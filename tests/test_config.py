@@ -127,12 +127,12 @@ def test_correction_chain_runs_in_the_papers_order():
 
 
 def test_overrides_select_jobs_by_layout_and_switch_steps(tmp_path):
-    """The deep field destripes the CEERS way and skips relative/multi-exposure steps; an override can
-    turn a step off."""
+    """The deep field destripes on every scale (local background over whole columns) and skips the
+    relative/multi-exposure steps; an override can turn a step off."""
     result = dry_run("--config", "targets=DEEPFIELD1", "--printshellcmds")
     assert result.returncode == 0, result.stdout[-3000:]
     out = result.stdout
-    assert '"method":"remstriping"' in out
+    assert '"local_length":0' in out and '"scales":[4095]' in out
     assert "align_relative_DEEPFIELD1" not in out and "destripe_multitile_DEEPFIELD1" not in out
     assert "align_absolute_DEEPFIELD1_F277W" in out
     # deep field: wisps subtracted on A3/A4/B3/B4 in F150W/F200W only, before persistence and destriping

@@ -4,6 +4,7 @@
     python tests/bench/destripe.py --scale 0.5 --skip-perf
     python tests/bench/destripe.py --work-dir /tmp/destripe-bench   # keep and reuse the simulated data
     python tests/bench/destripe.py --work-dir /tmp/destripe-bench --perf-only
+    python tests/bench/destripe.py --targets deep --skip-perf       # the deep field only
 
 What it measures (metric: ``tests/bench/stripe_metric.py``):
 
@@ -320,6 +321,7 @@ def main(argv=None):
     parser.add_argument("--work-dir", help="keep the simulated data here (reused when present)")
     parser.add_argument("--skip-perf", action="store_true")
     parser.add_argument("--perf-only", action="store_true", help="only the timing part (and the real image)")
+    parser.add_argument("--targets", default="galaxy,deep", help="which fields to measure (galaxy, deep)")
     parser.add_argument("--perf-worker", nargs=2, metavar=("PARAMS", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.perf_worker:
@@ -341,19 +343,17 @@ def main(argv=None):
     else:
         tmp = tempfile.TemporaryDirectory(prefix="destripe-bench-")
         work = Path(tmp.name)
-    galaxy = sm.simulate(work / "galaxy", sim_config, "phangs_galaxy", ["F200W", "F335M"], args.scale)
-    deep = sm.simulate(work / "deep", sim_config, "ceers_deep", ["F200W", "F444W"], args.scale)
+    targets = set(args.targets.split(","))
+    sets = {}
+    if "galaxy" in targets:
+        galaxy = sm.simulate(work / "galaxy", sim_config, "phangs_galaxy", ["F200W", "F335M"], args.scale)
+        sets[("galaxy", "F200W")] = [p for p in sm.exposures_of(galaxy, "F200W") if "nrca" in p.name]  # module A
+        sets[("galaxy", "F335M")] = sm.exposures_of(galaxy, "F335M")
+    if "deep" in targets:
+        deep = sm.simulate(work / "deep", sim_config, "ceers_deep", ["F200W", "F444W"], args.scale)
+        sets[("deep", "F200W")] = [p for p in sm.exposures_of(deep, "F200W") if "_00001_" in p.name]
+        sets[("deep", "F444W")] = sm.exposures_of(deep, "F444W")
     log.info("simulated data ready after %.0f s", time.time() - start)
-
-    def module_a(paths):
-        return [p for p in paths if "nrca" in p.name]
-
-    sets = {
-        ("galaxy", "F200W"): module_a(sm.exposures_of(galaxy, "F200W")),
-        ("galaxy", "F335M"): sm.exposures_of(galaxy, "F335M"),
-        ("deep", "F200W"): [p for p in sm.exposures_of(deep, "F200W") if "_00001_" in p.name],
-        ("deep", "F444W"): sm.exposures_of(deep, "F444W"),
-    }
     result = {"bench": "destripe", "scale": args.scale, "residual": {}, "multi": {}}
     for (target, band), paths in sets.items():
         if args.perf_only:
@@ -369,7 +369,7 @@ def main(argv=None):
     if not args.skip_perf:
         perf_dir = work / "perf"
         full = sm.simulate(perf_dir / "deep", sim_config, "ceers_deep", ["F444W"], 1.0, dithers=1)
-        multi_paths = sets[("galaxy", "F200W")] if args.scale == 1.0 else []
+        multi_paths = sets[("galaxy", "F200W")] if args.scale == 1.0 and "galaxy" in targets else []
         with tempfile.TemporaryDirectory(prefix="destripe-mt-") as out_dir:
             per_method, multi = perf(sm.exposures_of(full, "F444W")[0], multi_paths, out_dir)
         result["perf"] = {
