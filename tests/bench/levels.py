@@ -17,7 +17,7 @@ so the inputs here are aligned) in a temporary directory, then runs the chain of
   input exposures of median(matched SCI - truth SKY).
 
     .venv/bin/python tests/bench/levels.py [--miri F770W,...] [--nircam F335M,F360M]
-        [--workdir DIR] [--no-skymatch]
+        [--workdir DIR] [--no-skymatch] [--scale S] [--skip-anchoring]
 
 Output (one line): {"bench": "levels", "miri": {band: {...}}, "nircam": {...},
 "anchoring": {band: {...}}, "offfield": {...}, "lyot": {...}, "times_s": {...}, ...}.
@@ -404,6 +404,7 @@ def main(argv=None):
     parser.add_argument("--workdir", help="keep the data here (default: a temporary directory, removed)")
     parser.add_argument("--no-skymatch", action="store_true")
     parser.add_argument("--scale", type=float, default=None, help="simulation scale (default: config)")
+    parser.add_argument("--skip-anchoring", action="store_true", help="level matching only (no mosaics)")
     args = parser.parse_args(argv)
     os.environ.setdefault("STPIPE_DISABLE_CRDS_STEPPARS", "true")
     miri = [b for b in args.miri.split(",") if b]
@@ -427,6 +428,10 @@ def main(argv=None):
             out["miri"][band], matched[band] = run_miri_band(root, band, cfg, params, logs, times, not args.no_skymatch)
         for band in nircam:
             out["nircam"][band], matched[band] = run_nircam_band(root, band, params, logs, times)
+        if args.skip_anchoring:
+            times["total"] = time.perf_counter() - start
+            print(json.dumps({**out, "times_s": {k: round(v, 1) for k, v in times.items()}}, default=float))
+            return
         mosaics = make_mosaics(root, matched, logs, times)
         references = []
         if "F770W" in mosaics:

@@ -1,6 +1,7 @@
 """Benchmark of the wisp subtraction (issue 9): scale recovery, residual, galaxy light; ONE JSON line.
 
     python tests/bench/wisps.py                                  # scale 0.125, deep field + galaxy
+    python tests/bench/wisps.py --scale 1.0 --skip-galaxy        # 2048 px detectors (~25 min)
     python tests/bench/wisps.py --work-dir /tmp/wt9-wisps        # keep and reuse the simulated data
     python tests/bench/wisps.py --params '{"row_medians": false}'   # another setting
 
