@@ -616,10 +616,6 @@ def real_snowball(target, name):
     )
 
 
-def jump_ramp_path(target, name):
-    return f"results/{target}/stage1_jump/{name}_ramp.fits"
-
-
 def real_snowball_rate_path(target, name):
     return f"results/{target}/stage1_snowball/{name}_rate.fits"
 

@@ -13,10 +13,11 @@ rule stage1:
     input:
         unpack(stage1_inputs),
     output:
-        rate="results/{target}/stage1/{name}_rate.fits",
+        product="results/{target}/stage1/{name}_rate.fits",
         persistence="results/{target}/stage1/{name}_persistence.asdf",
     params:
         script=script_path("run_stage1.py"),
+        mode="",
         steps=json_param(config.get("stage1", {}).get("steps", {})),
         persistence_in=stage1_persistence_arg,
         crds=crds_args(),
@@ -30,8 +31,8 @@ rule stage1:
     conda:
         "../envs/jwst.yaml"
     shell:
-        "python {params.script} --log {log} --out {output.rate} --persistence-out {output.persistence}"
-        " {params.persistence_in} --steps {params.steps:q} {params.crds}"
+        "python {params.script} --log {log} {params.mode} --out {output.product}"
+        " --persistence-out {output.persistence} {params.persistence_in} --steps {params.steps:q} {params.crds}"
         " {input.uncal:q}"
 
 
@@ -39,30 +40,16 @@ rule stage1:
 # Stage 1 after the jump step; its ramp (temporary: ~10x the rate's size) gets the snowball wings
 # flagged and is refitted with the gain and read noise the jump step used (from the CRDS cache),
 # and Stage 2 reads that rate (rate_path).
-rule stage1_jump:
-    input:
-        unpack(stage1_inputs),
+use rule stage1 as stage1_jump with:
     output:
-        ramp=temp("results/{target}/stage1_jump/{name}_ramp.fits"),
+        product=temp("results/{target}/stage1_jump/{name}_ramp.fits"),
         persistence="results/{target}/stage1_jump/{name}_persistence.asdf",
     params:
-        script=script_path("run_stage1.py"),
-        steps=json_param(config.get("stage1", {}).get("steps", {})),
-        persistence_in=stage1_persistence_arg,
-        crds=crds_args(),
+        mode="--ramp-only",
     log:
         "logs/stage1_jump/{target}/{name}.log",
     benchmark:
         "benchmarks/stage1_jump/{target}/{name}.tsv"
-    resources:
-        mem_mb=stage1_mem_mb,
-        runtime=stage1_runtime,
-    conda:
-        "../envs/jwst.yaml"
-    shell:
-        "python {params.script} --log {log} --ramp-only --out {output.ramp} --persistence-out {output.persistence}"
-        " {params.persistence_in} --steps {params.steps:q} {params.crds}"
-        " {input.uncal:q}"
 
 
 rule snowball_flag_real:

@@ -275,21 +275,10 @@ def restore_bridges(rejected: list[Pair], pairs: list[Pair]) -> None:
     not change the solution inside either side. Without it each side would get its own gauge.
     Restored in order of increasing RMS; the reason says so.
     """
-    parent = list(range(1 + max((max(p.i, p.j) for p in pairs), default=0)))
-
-    def root(k):
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
-    for p in pairs:
-        if p.kept:
-            parent[root(p.i)] = root(p.j)
+    n = 1 + max(max(p.i, p.j) for p in pairs)
     for p in sorted(rejected, key=lambda q: q.rms):
-        a, b = root(p.i), root(p.j)
-        if a != b:
-            parent[a] = b
+        part = {k: c for c, members in enumerate(connected_components(n, pairs)) for k in members}
+        if part[p.i] != part[p.j]:
             p.kept = True
             p.reason = "kept although " + p.reason + ": the only link between its images' parts of the graph"
 

@@ -19,7 +19,7 @@ Detector1Pipeline with ``save_calibrated_ramp``) and writes the corrected rate i
 DN/s) with the number of snowballs and flagged pixels in the primary header (SNOWNUM, SNOWNPIX).
 ``--gain crds`` / ``--readnoise crds`` take the reference files the jump step used (the ramp's
 ``meta.ref_file``) from the local CRDS cache (``CRDS_PATH``); full-frame references are cut to a
-subarray ramp. jwst's own alternative, ``JumpStep(expand_large_events=True)``, is compared in
+subarray ramp by jwst's reffile_utils. jwst's own alternative, ``JumpStep(expand_large_events=True)``, is compared in
 tests/bench/snowball.py.
 """
 
@@ -175,27 +175,29 @@ def reference_path(value: str, model, reftype: str) -> Path:
     return path
 
 
-def read_reference(path, shape, what: str, origin=(0, 0)) -> np.ndarray:
-    """SCI array of a reference file; a larger (full-frame) one is cut at ``origin`` (row, column)
-    of the ramp's subarray."""
-    from astropy.io import fits
+def read_reference(path, model, what: str) -> np.ndarray:
+    """SCI array of a gain or read-noise reference on the ramp's pixels: as it is when the shapes
+    agree, else the ramp's subarray cut by jwst's ``reffile_utils.get_subarray_model`` (as
+    RampFitStep does, from both files' SUBSTRT/SUBSIZE keywords)."""
+    from jwst.lib import reffile_utils
+    from stdatamodels.jwst import datamodels
 
+    shape = tuple(model.data.shape[2:])
     try:
-        data = np.asarray(fits.getdata(path, "SCI"), dtype=np.float32)
+        ref = datamodels.open(str(path))
     except Exception as exc:  # noqa: BLE001
-        raise wfutils.InputError(f"{path}: not a readable {what} file with a SCI extension ({exc})") from exc
-    (y0, x0), (ny, nx) = origin, shape
-    if data.shape != tuple(shape) and data.ndim == 2 and data.shape[0] >= y0 + ny and data.shape[1] >= x0 + nx:
-        data = data[y0 : y0 + ny, x0 : x0 + nx]
-    if data.shape != tuple(shape):
-        raise wfutils.InputError(f"{path}: {what} shape {data.shape} differs from the ramp's {tuple(shape)}")
-    return data
-
-
-def subarray_origin(model) -> tuple[int, int]:
-    """(row, column) of the ramp's first pixel on the full detector (SUBSTRT2/1 are 1-based)."""
-    sub = model.meta.subarray
-    return (int(sub.ystart or 1) - 1, int(sub.xstart or 1) - 1)
+        raise wfutils.InputError(f"{path}: not a readable {what} reference ({type(exc).__name__}: {exc})") from exc
+    with ref:
+        data = ref.data
+        if data.shape != shape:
+            try:
+                data = reffile_utils.get_subarray_model(model, ref).data
+            except (TypeError, ValueError) as exc:
+                raise wfutils.InputError(
+                    f"{path}: {what} shape {data.shape} differs from the ramp's {shape} and the ramp's "
+                    f"subarray cannot be cut from it ({exc})"
+                ) from exc
+        return np.array(data, dtype=np.float32)
 
 
 def correct_ramp(model, gain, readnoise, params: dict):
@@ -230,11 +232,10 @@ def main(argv=None):
     params = wfutils.parse_params(args.params, DEFAULTS)
     model = read_ramp(args.input)
     try:
-        shape, origin = model.data.shape[2:], subarray_origin(model)
         gain_path = reference_path(args.gain, model, "gain")
         readnoise_path = reference_path(args.readnoise, model, "readnoise")
-        gain = read_reference(gain_path, shape, "gain", origin)
-        readnoise = read_reference(readnoise_path, shape, "read-noise", origin)
+        gain = read_reference(gain_path, model, "gain")
+        readnoise = read_reference(readnoise_path, model, "read-noise")
         image_info, report = correct_ramp(model, gain, readnoise, params)
         out = rate_model(image_info, model)
     finally:

@@ -88,14 +88,21 @@ def test_snowball_cli_takes_the_jump_steps_references_from_the_crds_cache(tmp_pa
     refs = cache / "references" / "jwst" / "nircam"
     refs.mkdir(parents=True)
     y0, x0 = 16, 32  # SUBSTRT2 - 1, SUBSTRT1 - 1
-    for kind, name in (("gain", "jwst_nircam_gain_9999.fits"), ("readnoise", "jwst_nircam_readnoise_9999.fits")):
+    kinds = (("gain", "jwst_nircam_gain_9999.fits", datamodels.GainModel),
+             ("readnoise", "jwst_nircam_readnoise_9999.fits", datamodels.ReadnoiseModel))  # fmt: skip
+    for kind, name, model_type in kinds:
         full = np.full((128, 128), 1e6, np.float32)  # wrong everywhere but under the subarray
         full[y0 : y0 + 64, x0 : x0 + 64] = fits.getdata(paths[kind], "SCI")
-        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(full, name="SCI")]).writeto(refs / name)
+        reference = model_type(data=full)
+        reference.meta.instrument.name = "NIRCAM"
+        reference.meta.subarray.xstart, reference.meta.subarray.ystart = 1, 1
+        reference.meta.subarray.xsize, reference.meta.subarray.ysize = 128, 128
+        reference.save(str(refs / name))
     with datamodels.open(str(paths["ramp"])) as model:
         model.meta.ref_file.gain.name = "crds://jwst_nircam_gain_9999.fits"
         model.meta.ref_file.readnoise.name = "crds://jwst_nircam_readnoise_9999.fits"
         model.meta.subarray.xstart, model.meta.subarray.ystart = x0 + 1, y0 + 1
+        model.meta.subarray.xsize, model.meta.subarray.ysize = 64, 64
         model.save(str(tmp_path / "sub_ramp.fits"))
     monkeypatch.setenv("CRDS_PATH", str(cache))
     explicit, from_crds = tmp_path / "explicit.fits", tmp_path / "crds_rate.fits"
