@@ -8,6 +8,9 @@ with photutils' ``PSFPhotometry`` (the role DOLPHOT plays in the paper, which is
 here): positions and fluxes are fitted in V with the band's PSF model (a fit that ends within
 ``duplicate_separation_px`` of a brighter one fitted the same light and is dropped), then fluxes
 are fitted at those fixed positions in every other band, so V is the positional reference.
+Like DOLPHOT, a second pass searches the V image minus the fitted PSFs for stars blended with
+brighter ones (``residual_passes``); they join the point-source catalog (the association maps)
+but not the merged source list, whose cluster candidates are DAOStarFinder detections.
 ``--dolphot CATALOG`` replaces this step by a DOLPHOT catalog (run on the V image as reference),
 given either as DOLPHOT's own output -- the ``<name>.phot`` text file with ``<name>.phot.columns``
 (or ``<name>.columns``) next to it, read by its column descriptions: global x, y, S/N,
@@ -19,7 +22,7 @@ DOLPHOT positions count from the lower-left pixel corner (its centre is 0.5, 0.5
 ``dolphot_object_types`` (1, 2: stars). Their sharpness is DOLPHOT's (0 for a perfect PSF),
 not DAOFIND's; ``sharpness_kind`` in the table metadata says which.
 
-The merged source list (``--sources``) holds every PSF-fitted source at its fitted position
+The merged source list (``--sources``) holds every first-pass source at its fitted position
 (the DAOStarFinder centroid where the fit failed or moved the source by more than
 ``max_fit_shift_px``) plus, with a DOLPHOT catalog, the DAOStarFinder detections more than
 ``match_radius_px`` from any DOLPHOT source (extended clusters DOLPHOT misses). Aperture
@@ -55,6 +58,12 @@ DEFAULTS = {
     "max_fit_shift_px": 1.0,
     "duplicate_separation_px": 1.0,  # PSF fits this close (0.6 V PSF FWHM) fitted the same light: one source
     "group_separation_px": 0.0,  # > 0 fits sources closer than this together (slower)
+    # DOLPHOT-like second pass: stars found in the V image minus the fitted PSFs (blended neighbours)
+    "residual_passes": 2,  # 0: off
+    "residual_fwhm_px": 1.7,  # kernel of the residual search: the V PSF core, not the 2.5 px of DAOFIND
+    "residual_min_separation_px": 1.0,  # closer to a fitted source: its own fit residual, not a star
+    "residual_roundness_range": [-2.0, 2.0],  # a neighbour's subtraction hole distorts a residual star
+    "residual_qfit_max": 1.0,  # an extended cluster's light around its subtracted PSF fits worse than a star
     "match_radius_px": 2.0,  # DOLPHOT <-> DAOStarFinder matching
     "border_px": 4,
     "dolphot_pixel_origin": 0.5,  # DOLPHOT x, y of the centre of the first pixel
@@ -151,8 +160,11 @@ def psf_model_from(psf_image: np.ndarray, oversample: int):
     return ImagePSF(psf_image / psf_image.sum() * oversample**2, oversampling=oversample)
 
 
-def fit_psf(data, err, psf_model, x, y, fit_shape, fixed_positions=False, group_separation=0.0, max_shift=None):
-    """PSF photometry at initial positions: (x_fit, y_fit, flux, flux_err, qfit, cfit, flags) arrays."""
+def fit_psf(
+    data, err, psf_model, x, y, fit_shape, fixed_positions=False, group_separation=0.0, max_shift=None, residual=False
+):
+    """PSF photometry at initial positions: (x_fit, y_fit, flux, flux_err, qfit, cfit, flags) arrays,
+    with ``residual`` also the data minus the fitted PSFs (key ``residual``)."""
     from astropy.table import Table
     from photutils.psf import PSFPhotometry, SourceGrouper
 
@@ -169,7 +181,7 @@ def fit_psf(data, err, psf_model, x, y, fit_shape, fixed_positions=False, group_
         warnings.simplefilter("ignore")
         res = phot(np.where(good, data, 0.0), mask=~good, error=np.where(good, err, 1.0), init_params=init)
     get = lambda name: np.asarray(res[name], dtype=float) if name in res.colnames else np.full(len(res), np.nan)
-    return {
+    out = {
         "x": get("x_fit"),
         "y": get("y_fit"),
         "flux": get("flux_fit"),
@@ -178,6 +190,11 @@ def fit_psf(data, err, psf_model, x, y, fit_shape, fixed_positions=False, group_
         "cfit": get("cfit"),
         "flags": np.asarray(res["flags"], dtype=int) if "flags" in res.colnames else np.zeros(len(res), int),
     }
+    if residual:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out["residual"] = np.where(good, phot.make_residual_image(np.where(good, data, 0.0)), np.nan)
+    return out
 
 
 def match_nearest(x1, y1, x2, y2, radius):
@@ -232,13 +249,49 @@ def distinct_sources(x, y, flux, separation: float) -> np.ndarray:
     return keep
 
 
-def point_source_catalog(images: dict, psfs: dict, detections, params: dict):
-    """PSF photometry: free positions in V, fixed positions in the other bands (a Table)."""
+def residual_sources(residual, noise, err, psf_model, known_x, known_y, params: dict):
+    """Stars in the V image minus the fitted PSFs: (detections, x, y, fit, residual after their fits).
+
+    DOLPHOT's iterative search (Dolphin 2000; the point-source catalog of Lee et al. 2022
+    Sec. 4.2): a blended neighbour closer than DAOFIND's 2.5 px kernel separates from a brighter
+    star once that star's PSF is subtracted. The residual is searched with a kernel of the V PSF
+    core (``residual_fwhm_px``) at the same ``nsigma`` threshold, with a wider roundness range
+    (the subtraction hole of a neighbour makes a star look asymmetric); each find is PSF-fitted
+    on the residual and kept if the fit converges within ``max_fit_shift_px`` with ``qfit`` at
+    most ``residual_qfit_max`` (the light an extended cluster leaves around its subtracted PSF
+    breaks into pieces that fit worse than stars) and ends more than
+    ``residual_min_separation_px`` from every source found so far."""
+    search = {**params, "fwhm_px": params["residual_fwhm_px"], "roundness_range": params["residual_roundness_range"]}
+    found = find_sources(residual, noise, search)
+    x0, y0 = np.asarray(found["x_centroid"], float), np.asarray(found["y_centroid"], float)
+    new = match_nearest(x0, y0, known_x, known_y, params["residual_min_separation_px"]) < 0
+    found, x0, y0 = found[new], x0[new], y0[new]
+    if not len(found):
+        return found, x0, y0, None, residual
+    x, y, ok, fit = psf_positions(residual, err, psf_model, x0, y0, params)
+    keep = ok & (fit["flux"] > 0) & (fit["qfit"] <= params["residual_qfit_max"])
+    keep &= match_nearest(x, y, known_x, known_y, params["residual_min_separation_px"]) < 0
+    keep &= distinct_sources(x, y, np.where(keep, fit["flux"], np.nan), params["duplicate_separation_px"])
+    if keep.any():
+        fit_shape = int(params["fit_shape_px"])
+        residual = fit_psf(residual, err, psf_model, x[keep], y[keep], fit_shape, fixed_positions=True, residual=True)[
+            "residual"
+        ]
+    return found[keep], x[keep], y[keep], {key: value[keep] for key, value in fit.items()}, residual
+
+
+def point_source_catalog(images: dict, psfs: dict, detections, params: dict, noise=None):
+    """PSF photometry: free positions in V, fixed positions in the other bands (a Table).
+
+    Column ``psf_pass`` is 1 for the DAOStarFinder detections and k + 1 for the stars found in
+    the residual of pass k (``residual_sources``, ``residual_passes`` times; needs the sky
+    ``noise`` map)."""
     from astropy.table import Table
 
     sci, err = images[cc.V_BAND]
     fit_shape = int(params["fit_shape_px"])
-    x, y, ok, v = psf_positions(sci, err, psfs[cc.V_BAND], detections["x_centroid"], detections["y_centroid"], params)
+    x0, y0 = detections["x_centroid"], detections["y_centroid"]
+    x, y, ok, v = psf_positions(sci, err, psfs[cc.V_BAND], x0, y0, params)
     keep = distinct_sources(x, y, v["flux"], params["duplicate_separation_px"])
     if not keep.all():
         log.info(
@@ -248,11 +301,26 @@ def point_source_catalog(images: dict, psfs: dict, detections, params: dict):
         )
     detections, x, y, ok = detections[keep], x[keep], y[keep], ok[keep]
     v = {key: value[keep] for key, value in v.items()}
+    sharp, round2 = np.asarray(detections["sharpness"], float), np.asarray(detections["roundness2"], float)
+    passes = np.ones(len(x), int)
+    n_passes = int(params["residual_passes"]) if noise is not None else 0
+    if n_passes:
+        residual = fit_psf(sci, err, psfs[cc.V_BAND], x, y, fit_shape, fixed_positions=True, residual=True)["residual"]
+    for k in range(1, n_passes + 1):
+        found, rx, ry, rfit, residual = residual_sources(residual, noise, err, psfs[cc.V_BAND], x, y, params)
+        log.info("residual search %d (FWHM %.1f px): %d more stars", k, params["residual_fwhm_px"], len(rx))
+        if not len(rx):
+            break
+        x, y, ok = np.concatenate([x, rx]), np.concatenate([y, ry]), np.concatenate([ok, np.ones(len(rx), bool)])
+        v = {key: np.concatenate([value, rfit[key]]) for key, value in v.items()}
+        sharp = np.concatenate([sharp, np.asarray(found["sharpness"], float)])
+        round2 = np.concatenate([round2, np.asarray(found["roundness2"], float)])
+        passes = np.concatenate([passes, np.full(len(rx), k + 1)])
     table = Table()
     table["x"], table["y"] = x, y
     table["psf_ok"] = ok
-    table["sharpness"] = np.asarray(detections["sharpness"], float)
-    table["roundness"] = np.asarray(detections["roundness2"], float)
+    table["psf_pass"] = passes
+    table["sharpness"], table["roundness"] = sharp, round2
     table["qfit"], table["cfit"], table["psf_flags"] = v["qfit"], v["cfit"], v["flags"]
     for band, (bsci, berr) in images.items():
         if band == cc.V_BAND:
@@ -417,11 +485,12 @@ def detect(images: dict, psfs: dict, params: dict, dolphot=None):
     if dolphot is not None:
         points = dolphot_catalog(dolphot, list(images), params)
     else:
-        points = point_source_catalog(sub, psfs, detections, params)
+        points = point_source_catalog(sub, psfs, detections, params, noise=noise)
         points.meta["sharpness_kind"] = "daofind"
     points["id"] = np.arange(1, len(points) + 1)
     points["origin"] = "dolphot" if dolphot is not None else "psf"
-    return merged_sources(points, detections, params, dolphot is not None), points
+    first = points if dolphot is not None else points[np.asarray(points["psf_pass"]) == 1]
+    return merged_sources(first, detections, params, dolphot is not None), points
 
 
 # --------------------------------------------------------------------------- I/O and entry point

@@ -182,7 +182,7 @@ class SourceTransform:
         if fwhm_arcsec / FWHM_PER_SIGMA * 10 > self.size * self.pixscale:
             raise wfutils.InputError(
                 f"target Gaussian FWHM {fwhm_arcsec}\" too large for the source PSF's "
-                f"{self.size * self.pixscale:.2f}\" field (needs 10 sigma): make the PSF with a larger fov_arcsec"
+                f'{self.size * self.pixscale:.2f}" field (needs 10 sigma): make the PSF with a larger fov_arcsec'
             )
         target = gaussian_psf(fwhm_arcsec, self.pixscale, self.size)
         return self.kernel(target, circular_target=True, trim=trim, metrics=metrics)
@@ -278,8 +278,8 @@ def make_kernel(source_path, target_value: str, params: dict) -> tuple[np.ndarra
         target_fwhm, target_name = value, f"gauss:{value:g}"
         if target_fwhm <= st.fwhm:
             raise wfutils.InputError(
-                f"{source_path}: target Gaussian FWHM {target_fwhm}\" is not broader than the source PSF "
-                f"({st.fwhm:.3f}\")"
+                f'{source_path}: target Gaussian FWHM {target_fwhm}" is not broader than the source PSF '
+                f'({st.fwhm:.3f}")'
             )
         res = st.gaussian_kernel(target_fwhm)
     else:
@@ -293,8 +293,8 @@ def make_kernel(source_path, target_value: str, params: dict) -> tuple[np.ndarra
         target_name = th.get("FILTER", Path(value).stem)
         if target_fwhm <= st.fwhm:
             raise wfutils.InputError(
-                f"{value}: target PSF (FWHM {target_fwhm:.3f}\") is not broader than the source {source_path} "
-                f"({st.fwhm:.3f}\"): a kernel would sharpen the image"
+                f'{value}: target PSF (FWHM {target_fwhm:.3f}") is not broader than the source {source_path} '
+                f'({st.fwhm:.3f}"): a kernel would sharpen the image'
             )
         res = st.kernel(target)
     thresholds = st.params["thresholds"]

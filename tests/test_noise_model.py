@@ -223,7 +223,7 @@ def test_err_predicts_pixel_and_aperture_noise_after_the_corrections(deep_field)
     pixel, aperture, _, header = truth_noise_ratios(root, "corrected_i2d.fits")
     aperture_predicted = aperture / header["NCORRFAC"]  # aperture errors: sqrt(sum w^2 ERR^2) x NCORRFAC
     print(
-        f"truth: pixel scatter/ERR {pixel_raw:.3f} before, {pixel:.3f} after; 0.2\" apertures ({n}) "
+        f'truth: pixel scatter/ERR {pixel_raw:.3f} before, {pixel:.3f} after; 0.2" apertures ({n}) '
         f"{aperture_raw:.3f} before, {aperture_predicted:.3f} after (NCORRFAC {header['NCORRFAC']:.3f}, "
         f"NCPIXRAT {header['NCPIXRAT']:.3f}, NCAPRAT {header['NCAPRAT']:.3f})"
     )

@@ -199,8 +199,10 @@ def test_point_source_convolved_to_0p9_arcsec(psfs, tmp_path, band, image_scale)
     total = np.nansum(out)
     gauss_ee = 1.0 - math.exp(-0.5 * (1.5 / (0.9 / make_kernel.FWHM_PER_SIGMA)) ** 2)
     aperture = out[r < 1.5].sum()
-    print(f"{band}: FWHM {fwhm:.4f}\", total flux ratio {total / 5.0:.5f}, 1.5\" aperture / expected "
-          f"{aperture / (5.0 * gauss_ee):.5f}")
+    print(
+        f'{band}: FWHM {fwhm:.4f}", total flux ratio {total / 5.0:.5f}, 1.5" aperture / expected '
+        f"{aperture / (5.0 * gauss_ee):.5f}"
+    )
     assert total == pytest.approx(5.0, rel=0.005), band
     assert aperture == pytest.approx(5.0 * gauss_ee, rel=0.005), band
 

@@ -51,9 +51,7 @@ def slurm_cluster(tmp_path_factory):
         pytest.skip("Slurm test needs root: tests/slurm/cluster-up.sh installs munge/slurm and starts their daemons")
     state = tmp_path_factory.mktemp("slurm-state")
     env = {**os.environ, "JWST_SLURM_TEST_DIR": str(state)}
-    up = subprocess.run(
-        [str(SLURM_SCRIPTS / "cluster-up.sh")], env=env, capture_output=True, text=True, timeout=900
-    )
+    up = subprocess.run([str(SLURM_SCRIPTS / "cluster-up.sh")], env=env, capture_output=True, text=True, timeout=900)
     message = (up.stdout + up.stderr).strip()
     if up.returncode in (2, 3, 4, 5):  # not root, apt failed, daemons down, a foreign Slurm in the way
         down(env)
@@ -261,8 +259,16 @@ def test_slurm_products_equal_local_products(runs):
                 finite = np.isfinite(x)
                 diffs[f"{rel}[{ha.name}]"] = float(np.max(np.abs(x[finite] - y[finite]), initial=0.0))
     mosaic = {k.split("[")[1][:-1]: v for k, v in diffs.items() if k.startswith(MOSAIC)}
-    print(json.dumps({"files": len(local_files), "arrays": len(diffs), "max_abs_diff_all": max(diffs.values()),
-                      "mosaic_max_abs_diff": mosaic}))
+    print(
+        json.dumps(
+            {
+                "files": len(local_files),
+                "arrays": len(diffs),
+                "max_abs_diff_all": max(diffs.values()),
+                "mosaic_max_abs_diff": mosaic,
+            }
+        )
+    )
     assert {"SCI", "ERR", "WHT", "CON"} <= set(mosaic)
     assert max(diffs.values()) == 0.0, {k: v for k, v in diffs.items() if v}
 

@@ -17,7 +17,7 @@ times each, and judges the products against the simulator's truth:
 - associations per scale: median effective diameter (2 r_eff) / smoothing FWHM, and the
   fraction of injected associations whose centre lies in a region of the matching scale.
 
-    .venv/bin/python tests/bench/catalogs.py [--workdir DIR] [--n-clusters N] [--keep]
+    .venv/bin/python tests/bench/catalogs.py [--workdir DIR] [--n-clusters N] [--associations-per-scale N] [--keep]
     .venv/bin/python tests/bench/catalogs.py --from-workflow RUN_DIR   # judge a Snakemake run's products
 
 Output: {"bench": "catalogs", "times_s": {...}, "stage_s": ..., "synthetic_s_per_1000": ..., "metrics": {...}}.
@@ -344,6 +344,9 @@ def main(argv=None):
     parser.add_argument("--workdir")
     parser.add_argument("--n-clusters", type=int, default=None, help="synthetic clusters (default: the config's)")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--associations-per-scale", type=int, default=None, help="injected associations per scale (default: config's)"
+    )
     parser.add_argument("--from-workflow", metavar="DIR", help="only judge the products of a Snakemake run in DIR")
     args = parser.parse_args(argv)
     if args.from_workflow:
@@ -359,7 +362,12 @@ def main(argv=None):
         return
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-catalogs-"))
     try:
-        paths, times = run_stage(workdir, args.n_clusters)
+        overrides = None
+        if args.associations_per_scale:
+            cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+            assoc = cfg["simulation"]["hst"]["associations"]
+            overrides = {"associations": {**assoc, "per_scale": args.associations_per_scale}}
+        paths, times = run_stage(workdir, args.n_clusters, overrides)
         from astropy.table import Table
 
         synth = Table.read(paths["synth"])
