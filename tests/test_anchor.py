@@ -199,3 +199,34 @@ def test_cli_uses_the_proxy_card_and_reports_no_overlap(synthetic, tmp_path):
                 str(tmp_path / "t.ecsv"),
             ]
         )
+
+
+def test_compact_sources_with_other_band_ratios_are_masked_from_band_fits(tmp_path):
+    """Diffuse emission in lock-step (F1000W = 0.5 F770W) plus compact sources twice as bright in
+    F1000W relative to F770W, as HII regions, whose share grows with intensity: the binned
+    medians follow a changing mix of the two ratios and the intercept is biased unless the
+    compact sources are masked."""
+    from astropy.io import fits
+
+    rng = np.random.default_rng(33)
+    shape, pix = (260, 300), 0.1
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
+    diffuse = 2.0 * np.exp(-np.hypot(xx - 150, yy - 130) / 120.0)
+    compact = np.zeros(shape)  # HII regions, more of them where the diffuse emission is bright
+    x0, y0 = rng.uniform(0, 300, 3000), rng.uniform(0, 260, 3000)
+    near = rng.uniform(0, 1, x0.size) < (diffuse[y0.astype(int), x0.astype(int)] / 2.0) ** 2
+    for xc, yc, peak in zip(x0[near], y0[near], rng.uniform(0.2, 3.0, x0.size)[near], strict=True):
+        compact += peak * np.exp(-0.5 * ((xx - xc) ** 2 + (yy - yc) ** 2) / 2.5**2)
+    bands = {"F770W": diffuse + compact, "F1000W": 0.5 * diffuse + 1.0 * compact - 0.1}
+    recs = {}
+    for band, data in bands.items():
+        path = write_fits(tmp_path / f"{band}_i2d.fits", data + rng.normal(0, 0.02, shape), pix, {"FILTER": band})
+        recs[band] = ab.read_mosaic(path, 0)
+    params = {**ab.DEFAULTS, "intensity_range": {}}
+    intercepts = {}
+    for mask in (True, False):
+        x, y = ab.comparison_pair(recs["F1000W"], 0.3, recs["F770W"], 0.3, 0.3, params, mask_compact=mask)
+        intercepts[mask] = ab.fit_relation(x, y, None, params)["intercept"]
+    assert intercepts[True] == pytest.approx(-0.1, abs=0.01)
+    assert abs(intercepts[False] + 0.1) > 0.05
+    assert fits.getdata(tmp_path / "F770W_i2d.fits", "SCI").shape == shape  # inputs untouched
