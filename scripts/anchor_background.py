@@ -318,11 +318,8 @@ def crop_to(coarse, fine, margin: int = 2):
     return y0, y1, x0, x1
 
 
-def masked_compact(y_rec, x_rec, params):
-    """(y data, x data) with the union of both images' compact sources set to NaN."""
-    y_pix, x_pix = pixel_scale_arcsec(y_rec.wcs), pixel_scale_arcsec(x_rec.wcs)
-    y_mask = compact_source_mask(y_rec.data, y_pix, params)
-    x_mask = compact_source_mask(x_rec.data, x_pix, params)
+def masked_compact(y_rec, y_mask, x_rec, x_mask):
+    """(y data, x data) with the union of both images' compact-source masks set to NaN."""
     y_all = y_mask | transfer_mask(x_mask, x_rec.wcs, y_rec.wcs, y_rec.data.shape)
     x_all = x_mask | transfer_mask(y_mask, y_rec.wcs, x_rec.wcs, x_rec.data.shape)
     log.info(
@@ -335,8 +332,10 @@ def masked_compact(y_rec, x_rec, params):
     return np.where(y_all, np.nan, y_rec.data), np.where(x_all, np.nan, x_rec.data)
 
 
-def comparison_pair(y_rec, y_fwhm, x_rec, x_fwhm, resolution, params, mask_compact=False):
+def comparison_pair(y_rec, y_fwhm, x_rec, x_fwhm, resolution, params, masks=None):
     """Both images at ``resolution`` (arcsec FWHM) on the pixel grid of the coarser one: (x, y) pixel arrays.
+
+    ``masks`` (y mask, x mask), each on its own image's grid: compact sources left out of both.
 
     The coarser image (usually the wide-field reference) is never interpolated: the finer
     one, after the Gaussian convolution, is averaged over the coarse pixel size and sampled
@@ -346,7 +345,7 @@ def comparison_pair(y_rec, y_fwhm, x_rec, x_fwhm, resolution, params, mask_compa
     from reproject import reproject_interp
 
     y_pix, x_pix = pixel_scale_arcsec(y_rec.wcs), pixel_scale_arcsec(x_rec.wcs)
-    y_data, x_data = masked_compact(y_rec, x_rec, params) if mask_compact else (y_rec.data, x_rec.data)
+    y_data, x_data = masked_compact(y_rec, masks[0], x_rec, masks[1]) if masks else (y_rec.data, x_rec.data)
     y_conv = convolve_to(y_data, y_fwhm, resolution, y_pix, params["min_coverage"])
     x_conv = convolve_to(x_data, x_fwhm, resolution, x_pix, params["min_coverage"])
     if x_pix >= y_pix:
@@ -504,7 +503,14 @@ def run(mosaic_paths, reference_items, out_dir, table_path, qa_png, params, cfg_
             raise wfutils.InputError(f"unknown JWST band {band}") from None
 
     order = fit_order(list(mosaics), references, params["band_pairs"], instrument_of)
-    offsets, results = {}, []
+    offsets, results, compact = {}, [], {}
+
+    def compact_mask(band):  # once per band: the anchored band is the partner of several fits
+        if band not in compact:
+            rec = mosaics[band]
+            compact[band] = compact_source_mask(rec.data, pixel_scale_arcsec(rec.wcs), params)
+        return compact[band]
+
     for band, against in order:
         y_rec = mosaics[band]
         y_fwhm = params["fwhm_arcsec"].get(band) or diffraction_fwhm_arcsec(band)
@@ -521,8 +527,10 @@ def run(mosaic_paths, reference_items, out_dir, table_path, qa_png, params, cfg_
             x_fwhm = params["fwhm_arcsec"].get(against) or diffraction_fwhm_arcsec(against)
             x_offset = offsets[against]
         resolution = params["resolution_arcsec"].get(band) or max(float(x_fwhm), float(y_fwhm))
-        mask_compact = bool(params["mask_compact"]) and against != "reference"
-        x_pix, y_pix = comparison_pair(y_rec, y_fwhm, x_rec, float(x_fwhm), resolution, params, mask_compact)
+        masks = None
+        if params["mask_compact"] and against != "reference":
+            masks = (compact_mask(band), compact_mask(against))
+        x_pix, y_pix = comparison_pair(y_rec, y_fwhm, x_rec, float(x_fwhm), resolution, params, masks)
         x_pix = x_pix - x_offset  # the partner band as already anchored
         try:
             fit = fit_relation(x_pix, y_pix, params["intensity_range"].get(band), params)

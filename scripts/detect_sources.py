@@ -197,6 +197,13 @@ def fit_psf(
     return out
 
 
+def subtract_fits(data, err, psf_model, x, y, params: dict) -> np.ndarray:
+    """``data`` minus the PSFs of the sources at (x, y), their fluxes fitted at fixed positions."""
+    return fit_psf(data, err, psf_model, x, y, int(params["fit_shape_px"]), fixed_positions=True, residual=True)[
+        "residual"
+    ]
+
+
 def match_nearest(x1, y1, x2, y2, radius):
     """Index into (x2, y2) of the nearest neighbour of each (x1, y1) within ``radius`` (-1 if none)."""
     from scipy.spatial import cKDTree
@@ -273,10 +280,7 @@ def residual_sources(residual, noise, err, psf_model, known_x, known_y, params: 
     keep &= match_nearest(x, y, known_x, known_y, params["residual_min_separation_px"]) < 0
     keep &= distinct_sources(x, y, np.where(keep, fit["flux"], np.nan), params["duplicate_separation_px"])
     if keep.any():
-        fit_shape = int(params["fit_shape_px"])
-        residual = fit_psf(residual, err, psf_model, x[keep], y[keep], fit_shape, fixed_positions=True, residual=True)[
-            "residual"
-        ]
+        residual = subtract_fits(residual, err, psf_model, x[keep], y[keep], params)
     return found[keep], x[keep], y[keep], {key: value[keep] for key, value in fit.items()}, residual
 
 
@@ -305,7 +309,7 @@ def point_source_catalog(images: dict, psfs: dict, detections, params: dict, noi
     passes = np.ones(len(x), int)
     n_passes = int(params["residual_passes"]) if noise is not None else 0
     if n_passes:
-        residual = fit_psf(sci, err, psfs[cc.V_BAND], x, y, fit_shape, fixed_positions=True, residual=True)["residual"]
+        residual = subtract_fits(sci, err, psfs[cc.V_BAND], x, y, params)
     for k in range(1, n_passes + 1):
         found, rx, ry, rfit, residual = residual_sources(residual, noise, err, psfs[cc.V_BAND], x, y, params)
         log.info("residual search %d (FWHM %.1f px): %d more stars", k, params["residual_fwhm_px"], len(rx))
@@ -457,7 +461,7 @@ def merged_sources(points, detections, params, from_dolphot: bool):
     table = Table()
     table["id"] = np.arange(1, len(x) + 1)
     table["x"], table["y"], table["origin"], table["sharpness"], table["qfit"] = x, y, origin, sharp, qfit
-    table["ps_id"] = np.concatenate([np.arange(1, len(points) + 1), np.zeros(len(x) - len(points), int)])
+    table["ps_id"] = np.concatenate([np.asarray(points["id"], int), np.zeros(len(x) - len(points), int)])
     return table
 
 

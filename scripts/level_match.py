@@ -276,11 +276,16 @@ def restore_bridges(rejected: list[Pair], pairs: list[Pair]) -> None:
     Restored in order of increasing RMS; the reason says so.
     """
     n = 1 + max(max(p.i, p.j) for p in pairs)
+
+    def parts():
+        return {k: c for c, members in enumerate(connected_components(n, pairs)) for k in members}
+
+    part = parts()
     for p in sorted(rejected, key=lambda q: q.rms):
-        part = {k: c for c, members in enumerate(connected_components(n, pairs)) for k in members}
         if part[p.i] != part[p.j]:
             p.kept = True
             p.reason = "kept although " + p.reason + ": the only link between its images' parts of the graph"
+            part = parts()  # only a restored pair changes the graph
 
 
 def pair_weight(pair: Pair, weighting: str) -> float:

@@ -19,8 +19,8 @@ Detector1Pipeline with ``save_calibrated_ramp``) and writes the corrected rate i
 DN/s) with the number of snowballs and flagged pixels in the primary header (SNOWNUM, SNOWNPIX).
 ``--gain crds`` / ``--readnoise crds`` take the reference files the jump step used (the ramp's
 ``meta.ref_file``) from the local CRDS cache (``CRDS_PATH``); full-frame references are cut to a
-subarray ramp by jwst's reffile_utils. jwst's own alternative, ``JumpStep(expand_large_events=True)``, is compared in
-tests/bench/snowball.py.
+subarray ramp by jwst's reffile_utils. jwst's own alternative,
+``JumpStep(expand_large_events=True)``, is compared in tests/bench/snowball.py.
 """
 
 from __future__ import annotations
