@@ -26,10 +26,10 @@ Our additions (parameters; the published behaviour is the default where it diffe
   all exposures and would otherwise accumulate, since nothing constrains them.
 * ``consensus`` (off): subtract k/(k+1) of the difference for k overlapping others, which
   leaves the mean of the k+1 exposures instead of swapping an exposure's stripes for the
-  others' (the full difference oscillates when iterated).  Stripes common to all
-  overlapping exposures taken at one position angle cannot be told from sky by any
-  difference: with 4 dithers, half of the large-scale stripe amplitude is out of reach of
-  pass 1.
+  others' (the full difference oscillates when iterated).  A pattern fixed to sky rows
+  cannot be told from sky by any difference of exposures taken at one position angle: the
+  mean of all exposures' stripes along each sky row is out of reach of pass 1 (``tests/
+  bench/destripe.py`` reports this floor, ``overlap_floor``).
 
 Inputs must be NIRCam exposures of one band whose background levels agree (run after level
 matching; on the simulator, switch the per-exposure background offsets off) and whose WCSs

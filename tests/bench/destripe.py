@@ -22,7 +22,10 @@ What it measures (metric: ``tests/bench/stripe_metric.py``):
   ``'model'``).
 * ``multi``: galaxy bands after ``local_galaxy`` + multi-exposure destriping: as published
   (``published``) and our recommendation (matched resampling, k/(k+1) consensus weighting,
-  no pass 2).
+  no pass 2); and the information floor of any overlap-based destriper for this dither
+  pattern (``overlap_floor``: the injected stripes' part fixed to sky rows and columns,
+  which no difference between exposures at one position angle can see;
+  ``overlap_floor_pass2``: less its structure below the pass-2 length, as an ideal pass 2).
 * ``flux``: the same corrections applied to galaxy exposures without 1/f noise (SCI -
   STRIPES, identical to a simulator run with ``one_over_f.enabled: false``, each effect
   having its own random stream): median |change| (MJy/sr), summed change / summed sky over
@@ -75,6 +78,7 @@ MULTI = {
     # recommended: matched resampling, k/(k+1) of the difference, no pass 2 (pass 2 on: +0.01)
     "recommended": {"match_resampling": True, "consensus": True, "large_scale": False},
 }
+MULTI_PASS2_LENGTH = 205  # rows: the pass-2 default, a tenth of the 2048-row detector
 log = logging.getLogger("bench.destripe")
 
 
@@ -167,6 +171,59 @@ def multi_inputs(paths, single_params, clean=False):
         exposures.append(dm.Exposure(Path(path).name, np.where(usable, corrected, np.nan), usable, wcs))
         metric.append((target, corrected, dq, truth["SKY"], truth["STRIPES"]))
     return exposures, metric
+
+
+def overlap_floor(paths, pass2_length=None):
+    """Residual ratios (all, lt128) of an ideal multi-exposure destriper that removes everything
+    the overlaps can see: the injected stripes minus their projection on patterns fixed to the
+    common sky grid's rows and columns (per grid row, resp. column, the mean of every exposure's
+    stripes there), which no difference between exposures taken at one position angle can tell
+    from sky.  ``pass2_length``: also remove the projection's structure below that many rows, as
+    an ideal pass 2 would (it assumes the sky has none)."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+    from scipy.ndimage import median_filter
+
+    import destripe
+    import destripe_multitile as dm
+
+    exposures, stripes = [], []
+    for path in paths:
+        sci, dq = load(path)
+        usable = destripe.usable_pixels(sci, dq, destripe.science_region(sci.shape, 4, False))
+        stripes.append((sm.read_truth(sm.truth_path(path), names=("STRIPES",))["STRIPES"], dq))
+        exposures.append(dm.Exposure(Path(path).name, sci, usable, WCS(fits.getheader(path, "SCI"))))
+    grid, shape, boxes = dm.common_grid([e.wcs for e in exposures], [e.data.shape for e in exposures])
+    maps = []
+    total, count = np.zeros(shape), np.zeros(shape)
+    for exp, box, (pattern, _) in zip(exposures, boxes, stripes, strict=True):
+        y0, y1, x0, x1 = box
+        forward = dm.PixelMap(grid, (y1 - y0, x1 - x0), exp.wcs, offset=(y0, x0))
+        maps.append(dm.PixelMap(exp.wcs, exp.data.shape, grid, offset=(-y0, -x0)))
+        on_grid = dm.resample(np.where(exp.usable, pattern, np.nan), forward.coords())
+        ok = np.isfinite(on_grid)
+        total[y0:y1, x0:x1][ok] += on_grid[ok]
+        count[y0:y1, x0:x1][ok] += 1
+
+    def projection(axis):
+        with np.errstate(invalid="ignore"):
+            mean = total.sum(axis=axis) / count.sum(axis=axis)
+        idx = np.arange(mean.size)
+        mean = np.interp(idx, idx[np.isfinite(mean)], mean[np.isfinite(mean)])
+        return mean - median_filter(mean, int(pass2_length) | 1, mode="reflect") if pass2_length else mean
+
+    rows, cols = projection(1), projection(0)
+    sums_all, sums_hp = [], []
+    for box, back, (pattern, dq) in zip(boxes, maps, stripes, strict=True):
+        y0, y1, x0, x1 = box
+        left = dm.resample((rows[y0:y1, None] + cols[None, x0:x1]).astype(np.float32), back.coords())
+        # metric input: "corrected" = original - (stripes - left), i.e. only ``left`` remains
+        original = np.zeros_like(pattern)
+        corrected = (original - (pattern - np.nan_to_num(left))).astype(np.float32)
+        truth = {"STRIPES": pattern}
+        sums_all.append(sm.exposure_residual(corrected, original, truth, dq))
+        sums_hp.append(sm.exposure_residual(corrected, original, truth, dq, highpass=129))
+    return ratios(sums_all, sums_hp)
 
 
 def evaluate_multi(paths, single_params):
@@ -364,7 +421,11 @@ def main(argv=None):
         single = evaluate_single(paths, methods, flux_paths)
         result["residual"].setdefault(target, {})[band] = single
         if target == "galaxy":
-            result["multi"].setdefault(target, {})[band] = evaluate_multi(paths, SINGLE["local_galaxy"])
+            multi = evaluate_multi(paths, SINGLE["local_galaxy"])
+            multi["overlap_floor"] = overlap_floor(paths)
+            multi["overlap_floor_pass2"] = overlap_floor(paths, MULTI_PASS2_LENGTH)
+            log.info("multi floor: %s; with an ideal pass 2: %s", multi["overlap_floor"], multi["overlap_floor_pass2"])
+            result["multi"].setdefault(target, {})[band] = multi
     result["real_image_flux"] = real_image_flux()
     if not args.skip_perf:
         perf_dir = work / "perf"
