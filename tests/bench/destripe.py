@@ -194,12 +194,12 @@ def overlap_floor(paths, pass2_length=None):
         stripes.append((sm.read_truth(sm.truth_path(path), names=("STRIPES",))["STRIPES"], dq))
         exposures.append(dm.Exposure(Path(path).name, sci, usable, WCS(fits.getheader(path, "SCI"))))
     grid, shape, boxes = dm.common_grid([e.wcs for e in exposures], [e.data.shape for e in exposures])
-    maps = []
+    for exp, box in zip(exposures, boxes, strict=True):
+        exp.box = box
+    maps = dm.build_maps(exposures, grid, "fast")
     total, count = np.zeros(shape), np.zeros(shape)
-    for exp, box, (pattern, _) in zip(exposures, boxes, stripes, strict=True):
-        y0, y1, x0, x1 = box
-        forward = dm.PixelMap(grid, (y1 - y0, x1 - x0), exp.wcs, offset=(y0, x0))
-        maps.append(dm.PixelMap(exp.wcs, exp.data.shape, grid, offset=(-y0, -x0)))
+    for exp, (forward, _), (pattern, _) in zip(exposures, maps, stripes, strict=True):
+        y0, y1, x0, x1 = exp.box
         on_grid = dm.resample(np.where(exp.usable, pattern, np.nan), forward.coords())
         ok = np.isfinite(on_grid)
         total[y0:y1, x0:x1][ok] += on_grid[ok]
@@ -214,8 +214,8 @@ def overlap_floor(paths, pass2_length=None):
 
     rows, cols = projection(1), projection(0)
     sums_all, sums_hp = [], []
-    for box, back, (pattern, dq) in zip(boxes, maps, stripes, strict=True):
-        y0, y1, x0, x1 = box
+    for exp, (_, back), (pattern, dq) in zip(exposures, maps, stripes, strict=True):
+        y0, y1, x0, x1 = exp.box
         left = dm.resample((rows[y0:y1, None] + cols[None, x0:x1]).astype(np.float32), back.coords())
         # metric input: "corrected" = original - (stripes - left), i.e. only ``left`` remains
         original = np.zeros_like(pattern)
