@@ -8,7 +8,9 @@ so the inputs here are aligned) in a temporary directory, then runs the chain of
   ``miri_lyot_split.py`` -> ``level_match.py`` (dithers, then tiles) and jwst's
   ``SkyMatchStep`` on the *same* split files; recovered offsets are compared with the
   truth table (injected per-exposure offsets and Lyot levels, minus the off-field
-  background each exposure had subtracted), after removing the common constant;
+  background each exposure had subtracted, plus the level the galaxy light inside the
+  off-field frames adds to each exposure: ``offfield_sky_levels``), after removing the
+  common constant; ``level_match_vs_injected`` ignores that galaxy light;
 * NIRCam LW bands: ``level_match.py`` on the cal files (offsets ~0.01 MJy/sr);
 * mosaics of the matched exposures with ``resample_mosaic.py`` (ResampleStep) on the
   ``mosaic_grid.py`` grid, then ``anchor_background.py``: the anchored bands against the
@@ -124,6 +126,56 @@ def offset_metrics(recovered: dict, truth: dict, visits: dict, weak=()) -> dict:
             out[f"lyot_{label}_n"] = len(errs)
             out[f"lyot_{label}_error_max"] = float(np.max(np.abs(errs))) if errs else None
     return out
+
+
+def offfield_sky_levels(images, split_dir: Path, root: Path, offfield_frames: dict, step: int = 8) -> dict:
+    """Offsets the galaxy light in the off-field frames adds to each image, and the sky plane it leaves.
+
+    The off-field pointing is not empty: the galaxy's outer disk reaches it (its SKY truth holds
+    a few 0.001 MJy/sr in F770W, falling across the detector). The off-field background image
+    carries that light, so every science exposure gets ``-OFFSKY(x, y)`` in *detector*
+    coordinates: the same tilt in every exposure. On the sky this is one global plane plus a
+    constant per exposure that depends on where the exposure sits. Those constants are real
+    level differences between the images (level matching must find them; no offset removes
+    the plane), so they belong to the truth that level matching is judged against.
+
+    Least squares over every ``step``-th usable pixel of all images: one constant per image plus
+    a plane in tangent-plane arcsec. ``offfield_frames`` maps image name -> names of the
+    off-field frames its background came from. Returns {"offsets": {name: constant},
+    "plane_mjysr_per_arcmin": [d/dxi, d/deta], "remainder_rms": rms of what neither explains}.
+    """
+    from astropy.io import fits
+    from stdatamodels.jwst import datamodels
+
+    cache = {}
+    blocks = []
+    for k, image in enumerate(images):
+        frames = tuple(sorted(offfield_frames[image["name"]]))
+        if frames not in cache:
+            skies = [fits.getdata(root / "truth" / "exp" / f"{n}_truth.fits", "SKY") for n in frames]
+            cache[frames] = np.median(skies, axis=0)[::step, ::step]
+        with datamodels.open(str(split_dir / image["file"])) as model:
+            use = ((model.dq[::step, ::step] & 1) == 0) & np.isfinite(model.data[::step, ::step])
+            yy, xx = np.mgrid[0 : model.data.shape[0] : step, 0 : model.data.shape[1] : step]
+            ra, dec = model.meta.wcs(xx[use].astype(float), yy[use].astype(float))
+        blocks.append((k, np.asarray(ra), np.asarray(dec), -cache[frames][use]))
+    ra0, dec0 = float(np.mean(blocks[0][1])), float(np.mean(blocks[0][2]))
+    n_img = len(images)
+    design = np.zeros((sum(len(b[3]) for b in blocks), n_img + 2))
+    values = np.concatenate([b[3] for b in blocks])
+    row = 0
+    for k, ra, dec, level in blocks:
+        rows = slice(row, row + len(level))
+        design[rows, k] = 1.0
+        design[rows, n_img] = (ra - ra0) * np.cos(np.radians(dec0)) * 3600.0
+        design[rows, n_img + 1] = (dec - dec0) * 3600.0
+        row += len(level)
+    solution = np.linalg.lstsq(design, values, rcond=None)[0]
+    return {
+        "offsets": {image["name"]: float(c) for image, c in zip(images, solution[:n_img], strict=True)},
+        "plane_mjysr_per_arcmin": [float(60 * solution[n_img]), float(60 * solution[n_img + 1])],
+        "remainder_rms": float(np.std(values - design @ solution)),
+    }
 
 
 def skymatch_levels(paths) -> dict:
@@ -284,26 +336,42 @@ def run_miri_band(root, band, cfg, params, logs, times, skymatch=True) -> dict:
     times["level_match"] += time.perf_counter() - t
     report = json.loads((work / "levels.json").read_text())
 
-    # truth: injected offset (+ Lyot level) minus the off-field background level that was subtracted
+    # truth: injected offset (+ Lyot level) minus the off-field background level that was
+    # subtracted, plus the level the off-field frames' own galaxy light adds (offfield_sky_levels)
     pairing = {e["exposure"]: e["offfield_visits"] for e in bkg_report["science"]}
-    true_offsets, visits = {}, {}
+    injected, visits, frames_of = {}, {}, {}
     for image in report["images"]:
         name = image["name"]
         lyot = name.endswith(MIRI_LYOT_SUFFIX)
         base = name[: -len(MIRI_LYOT_SUFFIX)] if lyot else name
         row = truth[base]
-        frames = [truth[n] for n in truth if is_offfield(n) and n[2:13] in pairing[base]]
+        frames_of[name] = [n for n in truth if is_offfield(n) and n[2:13] in pairing[base]]
+        frames = [truth[n] for n in frames_of[name]]
         off = np.mean([f["offset_mjysr"] + (f["lyot_offset_mjysr"] if lyot else 0.0) for f in frames])
-        true_offsets[name] = float(row["offset_mjysr"] + (row["lyot_offset_mjysr"] if lyot else 0.0) - off)
+        injected[name] = float(row["offset_mjysr"] + (row["lyot_offset_mjysr"] if lyot else 0.0) - off)
         visits[name] = str(row["visit_id"])
+    t = time.perf_counter()
+    offsky = offfield_sky_levels(report["images"], work / "split", root, frames_of)
+    times["metrics"] += time.perf_counter() - t
+    true_offsets = {n: injected[n] + offsky["offsets"][n] for n in injected}
     weak = set(report["weakly_tied"])
-    ours = offset_metrics({i["name"]: i["offset_mjysr"] for i in report["images"]}, true_offsets, visits, weak)
+    recovered = {i["name"]: i["offset_mjysr"] for i in report["images"]}
+    ours = offset_metrics(recovered, true_offsets, visits, weak)
     ours["formal_error_median"] = float(
         np.median([i["formal_error_mjysr"] for i in report["images"] if not i["name"].endswith(MIRI_LYOT_SUFFIX)])
     )
     ours["rejected_pairs"] = len(report["rejected_pairs"])
     ours["warnings"] = len(report["warnings"])
-    result = {"level_match": ours}
+    result = {
+        "level_match": ours,
+        # the same, judged against the injected offsets alone (off-field galaxy light ignored)
+        "level_match_vs_injected": offset_metrics(recovered, injected, visits, weak),
+        "offfield_sky": {
+            "offsets_rms": float(np.std([offsky["offsets"][n] for n in injected if not n.endswith(MIRI_LYOT_SUFFIX)])),
+            "plane_mjysr_per_arcmin": offsky["plane_mjysr_per_arcmin"],
+            "remainder_rms": offsky["remainder_rms"],
+        },
+    }
     if skymatch:
         t = time.perf_counter()
         levels = skymatch_levels(split)
