@@ -45,7 +45,7 @@ DEFAULTS = {
     "peak_factor": 1.5,
     "snr_min": 5.0,
     "sharpness_range": [0.3, 1.0],
-    "qfit_max": 1.5,  # PSF fits are not grouped: crowding raises qfit; only poor fits are dropped
+    "qfit_max": 1.5,  # crowding raises qfit even in grouped fits; only poor fits are dropped
     # DOLPHOT point sources (sharpness_kind "dolphot"): DOLPHOT's sharpness is 0 for a perfect PSF
     "dolphot_sharpness_range": [-0.2, 0.2],
     "dolphot_crowding_max": 1.3,  # mag
