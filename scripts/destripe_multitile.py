@@ -416,6 +416,11 @@ def smooth_along(image: np.ndarray, axis: int, length: int, max_window: int = 25
     return out
 
 
+def pass_two_length(n_rows: int, length=None) -> int:
+    """Median-filter length (pixels) of pass 2: ``length``, or a tenth of the detector rows."""
+    return length or max(3, n_rows // 10)
+
+
 def pass_two(exposures, grid, shape, maps, p):
     """Large-scale pass: full-row medians of each exposure minus the stripe-cleaned stack."""
     axis = stripe_axis(exposures, grid)
@@ -424,7 +429,7 @@ def pass_two(exposures, grid, shape, maps, p):
         return [np.zeros_like(e.data) for e in exposures]
     cutouts = build_cutouts(exposures, maps)
     stack = stack_image(exposures, cutouts, shape, p)
-    length = p["large_scale_length"] or max(3, exposures[0].data.shape[0] // 10)
+    length = pass_two_length(exposures[0].data.shape[0], p["large_scale_length"])
     smooth = smooth_along(stack, axis, length)
     log.info("pass 2: stack %s, median filter of %d pixels along grid axis %d", shape, length, axis)
     models = []

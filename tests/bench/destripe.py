@@ -78,7 +78,6 @@ MULTI = {
     # recommended: matched resampling, k/(k+1) of the difference, no pass 2 (pass 2 on: +0.01)
     "recommended": {"match_resampling": True, "consensus": True, "large_scale": False},
 }
-MULTI_PASS2_LENGTH = 205  # rows: the pass-2 default, a tenth of the 2048-row detector
 log = logging.getLogger("bench.destripe")
 
 
@@ -173,13 +172,13 @@ def multi_inputs(paths, single_params, clean=False):
     return exposures, metric
 
 
-def overlap_floor(paths, pass2_length=None):
+def overlap_floors(paths):
     """Residual ratios (all, lt128) of an ideal multi-exposure destriper that removes everything
     the overlaps can see: the injected stripes minus their projection on patterns fixed to the
     common sky grid's rows and columns (per grid row, resp. column, the mean of every exposure's
     stripes there), which no difference between exposures taken at one position angle can tell
-    from sky.  ``pass2_length``: also remove the projection's structure below that many rows, as
-    an ideal pass 2 would (it assumes the sky has none)."""
+    from sky.  Key ``overlap_floor``; ``overlap_floor_pass2``: also less the projection's
+    structure below pass 2's default length, as an ideal pass 2 would (it assumes the sky has none)."""
     from astropy.io import fits
     from astropy.wcs import WCS
     from scipy.ndimage import median_filter
@@ -205,25 +204,31 @@ def overlap_floor(paths, pass2_length=None):
         total[y0:y1, x0:x1][ok] += on_grid[ok]
         count[y0:y1, x0:x1][ok] += 1
 
-    def projection(axis):
+    def projection(axis, pass2_length):
         with np.errstate(invalid="ignore"):
             mean = total.sum(axis=axis) / count.sum(axis=axis)
         idx = np.arange(mean.size)
         mean = np.interp(idx, idx[np.isfinite(mean)], mean[np.isfinite(mean)])
         return mean - median_filter(mean, int(pass2_length) | 1, mode="reflect") if pass2_length else mean
 
-    rows, cols = projection(1), projection(0)
-    sums_all, sums_hp = [], []
-    for exp, (_, back), (pattern, dq) in zip(exposures, maps, stripes, strict=True):
-        y0, y1, x0, x1 = exp.box
-        left = dm.resample((rows[y0:y1, None] + cols[None, x0:x1]).astype(np.float32), back.coords())
-        # metric input: "corrected" = original - (stripes - left), i.e. only ``left`` remains
-        original = np.zeros_like(pattern)
-        corrected = (original - (pattern - np.nan_to_num(left))).astype(np.float32)
-        truth = {"STRIPES": pattern}
-        sums_all.append(sm.exposure_residual(corrected, original, truth, dq))
-        sums_hp.append(sm.exposure_residual(corrected, original, truth, dq, highpass=129))
-    return ratios(sums_all, sums_hp)
+    def floor(pass2_length):
+        rows, cols = projection(1, pass2_length), projection(0, pass2_length)
+        sums_all, sums_hp = [], []
+        for exp, (_, back), (pattern, dq) in zip(exposures, maps, stripes, strict=True):
+            y0, y1, x0, x1 = exp.box
+            left = dm.resample((rows[y0:y1, None] + cols[None, x0:x1]).astype(np.float32), back.coords())
+            # metric input: "corrected" = original - (stripes - left), i.e. only ``left`` remains
+            original = np.zeros_like(pattern)
+            corrected = (original - (pattern - np.nan_to_num(left))).astype(np.float32)
+            truth = {"STRIPES": pattern}
+            sums_all.append(sm.exposure_residual(corrected, original, truth, dq))
+            sums_hp.append(sm.exposure_residual(corrected, original, truth, dq, highpass=129))
+        return ratios(sums_all, sums_hp)
+
+    return {
+        "overlap_floor": floor(None),
+        "overlap_floor_pass2": floor(dm.pass_two_length(exposures[0].data.shape[0])),
+    }
 
 
 def evaluate_multi(paths, single_params):
@@ -421,9 +426,7 @@ def main(argv=None):
         single = evaluate_single(paths, methods, flux_paths)
         result["residual"].setdefault(target, {})[band] = single
         if target == "galaxy":
-            multi = evaluate_multi(paths, SINGLE["local_galaxy"])
-            multi["overlap_floor"] = overlap_floor(paths)
-            multi["overlap_floor_pass2"] = overlap_floor(paths, MULTI_PASS2_LENGTH)
+            multi = {**evaluate_multi(paths, SINGLE["local_galaxy"]), **overlap_floors(paths)}
             log.info("multi floor: %s; with an ideal pass 2: %s", multi["overlap_floor"], multi["overlap_floor_pass2"])
             result["multi"].setdefault(target, {})[band] = multi
     result["real_image_flux"] = real_image_flux()

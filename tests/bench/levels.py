@@ -148,8 +148,8 @@ def offfield_sky_levels(images, split_dir: Path, root: Path, offfield_frames: di
     from stdatamodels.jwst import datamodels
 
     cache = {}
-    blocks = []
-    for k, image in enumerate(images):
+    blocks = []  # (ra, dec, -OFFSKY) of each image's sampled pixels
+    for image in images:
         frames = tuple(sorted(offfield_frames[image["name"]]))
         if frames not in cache:
             skies = [fits.getdata(root / "truth" / "exp" / f"{n}_truth.fits", "SKY") for n in frames]
@@ -158,18 +158,17 @@ def offfield_sky_levels(images, split_dir: Path, root: Path, offfield_frames: di
             use = ((model.dq[::step, ::step] & 1) == 0) & np.isfinite(model.data[::step, ::step])
             yy, xx = np.mgrid[0 : model.data.shape[0] : step, 0 : model.data.shape[1] : step]
             ra, dec = model.meta.wcs(xx[use].astype(float), yy[use].astype(float))
-        blocks.append((k, np.asarray(ra), np.asarray(dec), -cache[frames][use]))
-    ra0, dec0 = float(np.mean(blocks[0][1])), float(np.mean(blocks[0][2]))
+        blocks.append((np.asarray(ra), np.asarray(dec), -cache[frames][use]))
+    ra0, dec0 = float(np.mean(blocks[0][0])), float(np.mean(blocks[0][1]))
     n_img = len(images)
-    design = np.zeros((sum(len(b[3]) for b in blocks), n_img + 2))
-    values = np.concatenate([b[3] for b in blocks])
-    row = 0
-    for k, ra, dec, level in blocks:
-        rows = slice(row, row + len(level))
-        design[rows, k] = 1.0
-        design[rows, n_img] = (ra - ra0) * np.cos(np.radians(dec0)) * 3600.0
-        design[rows, n_img + 1] = (dec - dec0) * 3600.0
-        row += len(level)
+    values = np.concatenate([b[2] for b in blocks])
+    image_of = np.repeat(np.arange(n_img), [len(b[2]) for b in blocks])
+    design = np.zeros((len(values), n_img + 2))
+    design[np.arange(len(values)), image_of] = 1.0
+    xi, eta = simulate_survey.tangent_offsets(
+        np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]), ra0, dec0
+    )
+    design[:, n_img], design[:, n_img + 1] = xi, eta
     solution = np.linalg.lstsq(design, values, rcond=None)[0]
     return {
         "offsets": {image["name"]: float(c) for image, c in zip(images, solution[:n_img], strict=True)},
