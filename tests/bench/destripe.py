@@ -19,7 +19,10 @@ What it measures (metric: ``tests/bench/stripe_metric.py``):
   ``local_galaxy`` (median_filter with the local block background, scales 3..127) and
   ``local_allscales`` (local background over whole columns, every scale), and jwst's
   CleanFlickerNoiseStep (median fit; jwst default ``background_method='median'`` and
-  ``'model'``).
+  ``'model'``).  ``floor_sky_known``: the single-exposure floor, per-amplifier clipped row
+  means of the exposure minus its true sky (``sky_known_correction``), i.e. only the noise of
+  a row statistic; ``floor_sky_known_local_galaxy_mask``: the same on the pixels outside
+  ``local_galaxy``'s source mask.
 * ``multi``: galaxy bands after ``local_galaxy`` + multi-exposure destriping: as published
   (``published``) and our recommendation (matched resampling, k/(k+1) consensus weighting,
   no pass 2); and the information floor of any overlap-based destriper for this dither
@@ -70,6 +73,8 @@ SINGLE = {
     "local_allscales": {**LOCAL, "local_length": 0, "scales": [4095], "column_scales": [4095]},
 }
 DEEP_EXTRA = {"remstriping_fallback95": {"method": "remstriping", "fallback_fraction": 0.95}}
+# method whose source mask the sky-known floor is also measured with
+FLOOR_MASK = "local_galaxy"
 JWST = {"jwst_cfn_median": {"background_method": "median"}, "jwst_cfn_model": {"background_method": "model"}}
 MULTI = {
     # PHANGS-JWST as published: full difference, pass 2 on, the exposure compared as observed
@@ -103,11 +108,29 @@ def jwst_clean(path, params, sci=None):
 
 
 def single_corrected(name, path, sci, dq, params):
+    """(corrected image, source mask of the method or None)."""
     import destripe
 
     if name.startswith("jwst"):
-        return jwst_clean(path, params, sci)
-    return sci - destripe.stripe_model(sci, dq, params).model
+        return jwst_clean(path, params, sci), None
+    result = destripe.stripe_model(sci, dq, params)
+    return sci - result.model, result.mask != 0
+
+
+def sky_known_correction(sci, dq, sky, masked=None, n_amp=4):
+    """Per-amplifier 3-sigma-clipped row means of ``sci - sky`` (the sky known exactly), subtracted.
+
+    The best a row statistic can do on one exposure: what is left is the noise of the row means
+    (of the pixels outside ``masked`` when given).  Scored like the methods, it is the
+    single-exposure floor of the benchmark's metric.
+    """
+    from wflib import masks
+
+    valid = sm.valid_pixels(sci, dq) & (True if masked is None else ~masked)
+    ny, nx = sci.shape
+    values = np.where(valid, sci - sky, np.nan).astype(np.float32).reshape(ny, n_amp, nx // n_amp)
+    rows, _, _ = masks.clipped_profile(values, axis=-1, sigma=3.0, maxiters=5, statistic="mean")
+    return sci - np.repeat(np.nan_to_num(rows), nx // n_amp, axis=1)
 
 
 def ratios(sums_all, sums_hp):
@@ -124,19 +147,25 @@ def evaluate_single(paths, methods, flux_paths):
     One exposure at a time (full-size truth arrays are 16 MB each), every method on it.
     """
     sums = {name: ([], [], []) for name in methods}  # all scales, < 128 rows, flux parts
+    floors = {"sky_known": ([], []), f"sky_known_{FLOOR_MASK}_mask": ([], [])}
     seconds = dict.fromkeys(methods, 0.0)
     for path in paths:
         sci, dq = load(path)
-        truth = sm.read_truth(sm.truth_path(path), names=("STRIPES", "SKY"))
+        truth = sm.read_truth(sm.truth_path(path), names=("STRIPES", "SKY", "BKG"))
         clean = sci - truth["STRIPES"]
         for name, params in methods.items():
             start = time.time()
-            corrected = single_corrected(name, path, sci, dq, params)
+            corrected, masked = single_corrected(name, path, sci, dq, params)
             seconds[name] += time.time() - start
             sums[name][0].append(sm.exposure_residual(corrected, sci, truth, dq))
             sums[name][1].append(sm.exposure_residual(corrected, sci, truth, dq, highpass=129))
+            if name == FLOOR_MASK:
+                for key, mask in zip(floors, (None, masked), strict=True):
+                    floor = sky_known_correction(sci, dq, truth["SKY"] + truth["BKG"], mask)
+                    floors[key][0].append(sm.exposure_residual(floor, sci, truth, dq))
+                    floors[key][1].append(sm.exposure_residual(floor, sci, truth, dq, highpass=129))
             if path in flux_paths:
-                change = single_corrected(name, path, clean, dq, params) - clean
+                change = single_corrected(name, path, clean, dq, params)[0] - clean
                 valid = sm.valid_pixels(clean + change, dq) & sm.valid_pixels(clean, dq)
                 sums[name][2].append(sm.flux_sums(change, valid, truth["SKY"]))
     out = {}
@@ -146,6 +175,10 @@ def evaluate_single(paths, methods, flux_paths):
         if flux:
             out[name]["flux"] = rounded(sm.pool_flux(flux))
         log.info("%s: %s", name, out[name])
+    for key, (all_scales, small_scales) in floors.items():
+        if all_scales:
+            out[f"floor_{key}"] = ratios(all_scales, small_scales)
+            log.info("single-exposure floor, %s: %s", key, out[f"floor_{key}"])
     return out
 
 
