@@ -69,6 +69,11 @@ DEFAULTS = {
     # an extended cluster's light around its subtracted PSF fits worse than a star: on the simulated
     # galaxy (25 associations per scale) residual finds with qfit <= 1 are 98% stars, 1-1.25 68%
     "residual_qfit_max": 1.0,
+    # finds fitting worse than that (up to this qfit) are kept only if, refitted with their
+    # neighbours, they pass the test against an extended neighbour (residual_extended_test)
+    "residual_qfit_loose": 2.0,
+    "extended_test_radius_px": 2.5,  # 1.5 V PSF FWHM: a neighbour this close may be one extended source
+    "extended_sigmas_px": [0.35, 0.7, 1.05, 1.4, 1.9, 2.5],  # Gaussian broadenings of the PSF (null models)
     "match_radius_px": 2.0,  # DOLPHOT <-> DAOStarFinder matching
     "border_px": 4,
     "dolphot_pixel_origin": 0.5,  # DOLPHOT x, y of the centre of the first pixel
@@ -263,40 +268,292 @@ def distinct_sources(x, y, flux, separation: float) -> np.ndarray:
     return keep
 
 
-def residual_sources(residual, noise, err, psf_model, known_x, known_y, params: dict):
-    """Stars in the V image minus the fitted PSFs: (detections, x, y, fit, residual after their fits).
+def psf_values(psf_model, px, py, x0, y0, derivatives=False):
+    """Unit-flux PSF at pixels (px, py) of a source at (x0, y0); with ``derivatives`` also d/dx0, d/dy0."""
+    osx, osy = float(psf_model.oversampling[1]), float(psf_model.oversampling[0])
+    xi = osx * (np.asarray(px, float) - x0) + psf_model.origin[0]
+    yi = osy * (np.asarray(py, float) - y0) + psf_model.origin[1]
+    ny, nx = psf_model.data.shape
+    inside = (xi >= 0) & (xi <= nx - 1) & (yi >= 0) & (yi <= ny - 1)
+    spline = psf_model.interpolator
+    value = np.where(inside, spline(xi, yi, grid=False), 0.0)
+    if not derivatives:
+        return value
+    dx = np.where(inside, -osx * spline(xi, yi, dx=1, grid=False), 0.0)
+    dy = np.where(inside, -osy * spline(xi, yi, dy=1, grid=False), 0.0)
+    return value, dx, dy
+
+
+def render_psfs(shape, psf_model, x, y, flux) -> np.ndarray:
+    """Image of the PSFs of sources (x, y, flux), each over the model's extent (as photutils'
+    ``make_model_image``), so a fit's model can be put back into its residual."""
+    out = np.zeros(shape)
+    half = int(np.ceil((psf_model.data.shape[0] / float(psf_model.oversampling[0]) - 1) / 2))
+    for xs, ys, fs in zip(x, y, flux, strict=True):
+        if not (np.isfinite(xs) and np.isfinite(ys) and np.isfinite(fs)):
+            continue
+        ix, iy = int(round(xs)), int(round(ys))
+        x0, x1 = max(ix - half, 0), min(ix + half + 1, shape[1])
+        y0, y1 = max(iy - half, 0), min(iy + half + 1, shape[0])
+        if x0 < x1 and y0 < y1:
+            yy, xx = np.mgrid[y0:y1, x0:x1]
+            out[y0:y1, x0:x1] += fs * psf_values(psf_model, xx, yy, xs, ys)
+    return out
+
+
+def box_pixels(data, err, x, y, fit_shape: int):
+    """(px, py) of the usable pixels of the ``fit_shape`` box centred on each source (list per source)."""
+    h = fit_shape // 2
+    out = []
+    for xs, ys in zip(x, y, strict=True):
+        ix, iy = int(round(xs)), int(round(ys))
+        yy, xx = np.mgrid[
+            max(iy - h, 0) : min(iy + h + 1, data.shape[0]), max(ix - h, 0) : min(ix + h + 1, data.shape[1])
+        ]
+        xx, yy = xx.ravel(), yy.ravel()
+        good = np.isfinite(data[yy, xx]) & np.isfinite(err[yy, xx]) & (err[yy, xx] > 0)
+        out.append((xx[good], yy[good]))
+    return out
+
+
+def fit_group(data, err, models, x, y, flux, fit_shape: int, max_shift: float, pixels=None):
+    """Least-squares fit of sources (x, y, flux; one PSF model each) over the union of their
+    ``fit_shape`` boxes, positions bounded to ``max_shift`` px from the start (analytic Jacobian);
+    ``pixels``: (px, py, values) to fit instead.
+
+    Returns (x, y, flux, flux_err, qfit, chi2, n_pixels); qfit as photutils': the sum of the
+    absolute residuals in a source's own box over its flux (NaN with ``pixels``)."""
+    from scipy.optimize import least_squares
+
+    n = len(x)
+    if pixels is None:
+        boxes = box_pixels(data, err, x, y, fit_shape)
+        allpix = np.unique(np.concatenate([py * data.shape[1] + px for px, py in boxes]))
+        py, px = np.divmod(allpix, data.shape[1])
+        d = data[py, px]
+    else:
+        boxes = []
+        px, py, d = pixels
+    w = 1.0 / err[py, px]
+    p0 = np.column_stack([x, y, flux]).astype(float).ravel()
+    lo, hi = p0 - max_shift, p0 + max_shift
+    lo[2::3], hi[2::3] = -np.inf, np.inf
+    p0 = np.clip(p0, lo, hi)
+
+    last = {}
+
+    def model_and_jac(p):  # one spline evaluation serves the residuals and the Jacobian at p
+        if last.get("p") is None or not np.array_equal(last["p"], p):
+            q = p.reshape(n, 3)
+            model, jac = np.zeros(len(d)), np.zeros((len(d), 3 * n))
+            for k in range(n):
+                v, dx, dy = psf_values(models[k], px, py, q[k, 0], q[k, 1], derivatives=True)
+                model += q[k, 2] * v
+                jac[:, 3 * k], jac[:, 3 * k + 1], jac[:, 3 * k + 2] = -q[k, 2] * dx * w, -q[k, 2] * dy * w, -v * w
+            last.update(p=p.copy(), fun=(d - model) * w, jac=jac)
+        return last
+
+    res = least_squares(
+        lambda p: model_and_jac(p)["fun"], p0, jac=lambda p: model_and_jac(p)["jac"], bounds=(lo, hi), method="trf"
+    )
+    p = res.x.reshape(n, 3)
+    jw = res.jac
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cov = np.linalg.pinv(jw.T @ jw)
+    flux_err = np.sqrt(np.clip(np.diag(cov)[2::3], 0, None))
+    qfit = np.full(n, np.nan)
+    for k, (bx, by) in enumerate(boxes):
+        model = sum(p[j, 2] * psf_values(models[j], bx, by, p[j, 0], p[j, 1]) for j in range(n))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            qfit[k] = np.abs(data[by, bx] - model).sum() / p[k, 2]
+    return p[:, 0], p[:, 1], p[:, 2], flux_err, qfit, float(np.sum(res.fun**2)), len(d)
+
+
+def fit_groups(data, err, psf_model, x, y, flux, params: dict):
+    """``fit_group`` over the groups of sources whose fitting boxes share pixels (photutils
+    ``SourceGrouper`` at ``group_separation_px``): dict of arrays x, y, flux, flux_err, qfit."""
+    from photutils.psf import SourceGrouper
+
+    x, y, flux = (np.asarray(a, float) for a in (x, y, flux))
+    out = {k: np.full(len(x), np.nan) for k in ("x", "y", "flux", "flux_err", "qfit")}
+    if not len(x):
+        return out
+    groups = SourceGrouper(min_separation=params["group_separation_px"])(x, y) if len(x) > 1 else np.ones(1, int)
+    for g in np.unique(groups):
+        idx = np.where(groups == g)[0]
+        fit = fit_group(
+            data,
+            err,
+            [psf_model] * len(idx),
+            x[idx],
+            y[idx],
+            flux[idx],
+            int(params["fit_shape_px"]),
+            params["max_fit_shift_px"],
+        )
+        for key, value in zip(("x", "y", "flux", "flux_err", "qfit"), fit[:5], strict=True):
+            out[key][idx] = value
+    return out
+
+
+def broadened_psfs(psf_model, sigmas_px):
+    """The PSF convolved with Gaussians of ``sigmas_px`` (px): round extended-source models."""
+    from photutils.psf import ImagePSF
+    from scipy.ndimage import gaussian_filter
+
+    os_ = int(psf_model.oversampling[0])
+    out = []
+    for s in sigmas_px:
+        image = gaussian_filter(psf_model.data, s * os_, mode="constant")
+        out.append(ImagePSF(image * psf_model.data.sum() / image.sum(), oversampling=os_))
+    return out
+
+
+def extended_test_pvalue(residual, err, psf_model, extended, neighbour, candidate, params: dict) -> float:
+    """p-value of a candidate star next to a neighbour against the neighbour being one extended source.
+
+    Nested least-squares models of the pair's light (``residual`` of their joint fit plus their
+    PSFs) over the union of their fitting boxes: H0 the neighbour alone, as the PSF or a
+    broadened PSF (``extended``), H1 that plus the candidate as a PSF (3 more parameters), each
+    at its best broadening. The extra-sum-of-squares F test, F = (dchi2 / 3) / (chi2_1 / dof)
+    with F(3, dof) (e.g. Bevington & Robinson, Data Reduction and Error Analysis, Sec. 11.4),
+    scales the gain by H1's own residual scatter, so crowding or a mismatched profile does not
+    make a piece of a cluster's light significant. Limitation: the heavy wings of bright EFF
+    clusters (slope ~2) differ from any broadened PSF, and a PSF there can pass the test.
+    ``neighbour``, ``candidate``: (x, y, flux)."""
+    from scipy.stats import f as f_dist
+
+    nx, ny, nf = neighbour
+    cx, cy, cf = candidate
+    fit_shape, max_shift = int(params["fit_shape_px"]), params["max_fit_shift_px"]
+    boxes = box_pixels(residual, err, [nx, cx], [ny, cy], fit_shape)
+    allpix = np.unique(np.concatenate([py * residual.shape[1] + px for px, py in boxes]))
+    py, px = np.divmod(allpix, residual.shape[1])
+    d = residual[py, px] + nf * psf_values(psf_model, px, py, nx, ny) + cf * psf_values(psf_model, px, py, cx, cy)
+    dof = len(d) - 7
+    if dof < 1:
+        return 0.0
+    total = max(nf + cf, 1e-12)
+    lx, ly = (max(nf, 0) * nx + max(cf, 0) * cx) / total, (max(nf, 0) * ny + max(cf, 0) * cy) / total
+    chi0 = chi1 = np.inf
+    for model in [psf_model, *extended]:
+        chi0 = min(chi0, fit_group(residual, err, [model], [lx], [ly], [total], 0, max_shift, (px, py, d))[5])
+        fit1 = fit_group(residual, err, [model, psf_model], [nx, cx], [ny, cy], [nf, cf], 0, max_shift, (px, py, d))
+        chi1 = min(chi1, fit1[5])
+    if not chi1 > 0:
+        return 0.0
+    return float(f_dist.sf(max(chi0 - chi1, 0.0) / 3.0 / (chi1 / dof), 3, dof))
+
+
+def initial_fluxes(image, psf_model, x, y, fit_shape: int):
+    """Flux estimates: the light in each source's ``fit_shape`` box over the PSF's share of that box."""
+    out = np.zeros(len(x))
+    for k, (bx, by) in enumerate(box_pixels(image, np.ones_like(image), x, y, fit_shape)):
+        share = psf_values(psf_model, bx, by, x[k], y[k]).sum()
+        out[k] = image[by, bx].sum() / share if share > 0 else 0.0
+    return out
+
+
+def residual_sources(residual, noise, err, psf_model, known: dict, params: dict, extended=None):
+    """Stars in the V image minus the fitted PSFs, refitted with their neighbours (ALLSTAR-like).
 
     DOLPHOT's iterative search (Dolphin 2000; the point-source catalog of Lee et al. 2022
     Sec. 4.2): a blended neighbour closer than DAOFIND's 2.5 px kernel separates from a brighter
     star once that star's PSF is subtracted. The residual is searched with a kernel of the V PSF
     core (``residual_fwhm_px``) at the same ``nsigma`` threshold, with a wider roundness range
-    (the subtraction hole of a neighbour makes a star look asymmetric); each find is PSF-fitted
-    on the residual and kept if the fit converges within ``max_fit_shift_px`` with ``qfit`` at
-    most ``residual_qfit_max`` (the light an extended cluster leaves around its subtracted PSF
-    breaks into pieces that fit worse than stars) and ends more than
-    ``residual_min_separation_px`` from every source found so far."""
+    (the subtraction hole of a neighbour makes a star look asymmetric), and each find is
+    PSF-fitted on the residual. Finds with ``qfit`` up to ``residual_qfit_loose`` are fitted again
+    together with the known sources within ``group_separation_px`` (``known["refit"]``) on the
+    image minus all other fits, as ALLSTAR refits a group when a star is added (Stetson 1987):
+    the neighbours' PSFs had absorbed part of the new star's light. A find is kept if this joint
+    fit ends within ``max_fit_shift_px`` of its first fit with positive flux, ``qfit`` at most
+    ``residual_qfit_max`` and no source within ``duplicate_separation_px``. A find whose first
+    fit was worse than ``residual_qfit_max`` (the light an extended cluster leaves around its
+    subtracted PSF fits worse than a star) must also reject, at the detection significance
+    (``nsigma``, one-sided Gaussian), the hypothesis that it and its nearest neighbour within
+    ``extended_test_radius_px`` are one extended source (``extended_test_pvalue``). The group is
+    then refitted without the rejected finds. ``known``: arrays x, y, flux, flux_err, qfit (the
+    fits subtracted in ``residual``) and refit (bool).
+
+    Returns (detections, joint fits of the new stars {x, y, flux, flux_err, qfit}, ``known`` with
+    the neighbours' refits, residual after them)."""
+    from scipy.spatial import cKDTree
+    from scipy.stats import norm
+
     search = {**params, "fwhm_px": params["residual_fwhm_px"], "roundness_range": params["residual_roundness_range"]}
+    fit_shape = int(params["fit_shape_px"])
+    kx, ky = np.asarray(known["x"], float), np.asarray(known["y"], float)
+    empty = {key: np.zeros(0) for key in ("x", "y", "flux", "flux_err", "qfit")}
     found = find_sources(residual, noise, search)
     x0, y0 = np.asarray(found["x_centroid"], float), np.asarray(found["y_centroid"], float)
-    new = match_nearest(x0, y0, known_x, known_y, params["residual_min_separation_px"]) < 0
+    new = match_nearest(x0, y0, kx, ky, params["residual_min_separation_px"]) < 0
     found, x0, y0 = found[new], x0[new], y0[new]
     if not len(found):
-        return found, x0, y0, None, residual
-    x, y, ok, fit = psf_positions(residual, err, psf_model, x0, y0, params)
-    keep = ok & (fit["flux"] > 0) & (fit["qfit"] <= params["residual_qfit_max"])
-    keep &= match_nearest(x, y, known_x, known_y, params["residual_min_separation_px"]) < 0
-    keep &= distinct_sources(x, y, np.where(keep, fit["flux"], np.nan), params["duplicate_separation_px"])
-    if keep.any():
-        residual = subtract_fits(residual, err, psf_model, x[keep], y[keep], params)
-    return found[keep], x[keep], y[keep], {key: value[keep] for key, value in fit.items()}, residual
+        return found, empty, known, residual
+    fit = fit_groups(residual, err, psf_model, x0, y0, initial_fluxes(residual, psf_model, x0, y0, fit_shape), params)
+    keep = np.isfinite(fit["flux"]) & (fit["flux"] > 0) & (fit["qfit"] <= params["residual_qfit_loose"])
+    keep &= match_nearest(fit["x"], fit["y"], kx, ky, params["residual_min_separation_px"]) < 0
+    keep &= distinct_sources(fit["x"], fit["y"], np.where(keep, fit["flux"], np.nan), params["duplicate_separation_px"])
+    found, fit = found[keep], {key: value[keep] for key, value in fit.items()}
+    if not len(found):
+        return found, empty, known, residual
+    strict = fit["qfit"] <= params["residual_qfit_max"]
+    near = cKDTree(np.column_stack([fit["x"], fit["y"]])).query(np.column_stack([kx, ky]))[0]
+    nb = np.where(np.asarray(known["refit"], bool) & (near <= params["group_separation_px"]))[0]
+    data = residual + render_psfs(residual.shape, psf_model, kx[nb], ky[nb], known["flux"][nb])
+    others = np.ones(len(kx), bool)
+    others[nb] = False
+
+    def joint(use):
+        return fit_groups(
+            data,
+            err,
+            psf_model,
+            np.concatenate([kx[nb], fit["x"][use]]),
+            np.concatenate([ky[nb], fit["y"][use]]),
+            np.concatenate([known["flux"][nb], fit["flux"][use]]),
+            params,
+        )
+
+    j = joint(np.ones(len(found), bool))
+    n = len(nb)
+    cx, cy, cf = j["x"][n:], j["y"][n:], j["flux"][n:]
+    everyone = cKDTree(np.column_stack([np.concatenate([kx[others], j["x"]]), np.concatenate([ky[others], j["y"]])]))
+    dist, idx = everyone.query(np.column_stack([cx, cy]), k=2)
+    accept = np.isfinite(cf) & (cf > 0) & (j["qfit"][n:] <= params["residual_qfit_max"])
+    accept &= (dist[:, 1] >= params["duplicate_separation_px"]) & (
+        np.hypot(cx - fit["x"], cy - fit["y"]) <= params["max_fit_shift_px"]
+    )
+    test = np.where(accept & ~strict)[0]
+    if len(test):
+        extended = broadened_psfs(psf_model, params["extended_sigmas_px"]) if extended is None else extended
+        after = data - render_psfs(residual.shape, psf_model, j["x"], j["y"], j["flux"])
+        tree = cKDTree(np.column_stack([j["x"], j["y"]]))
+        p_max = norm.sf(params["nsigma"])
+        for i in test:
+            d2, i2 = tree.query([cx[i], cy[i]], k=2)
+            if d2[1] > params["extended_test_radius_px"]:
+                continue
+            pair = (j["x"][i2[1]], j["y"][i2[1]], j["flux"][i2[1]]), (cx[i], cy[i], cf[i])
+            accept[i] = extended_test_pvalue(after, err, psf_model, extended, *pair, params) <= p_max
+    if not accept.all():
+        j = joint(accept)
+    found = found[accept]
+    known = {key: np.array(value, copy=True) for key, value in known.items()}
+    for key in ("x", "y", "flux", "flux_err", "qfit"):
+        known[key][nb] = j[key][:n]
+    stars = {key: value[n:] for key, value in j.items()}
+    residual = data - render_psfs(residual.shape, psf_model, j["x"], j["y"], j["flux"])
+    return found, stars, known, residual
 
 
-def point_source_catalog(images: dict, psfs: dict, detections, params: dict, noise=None):
+def point_source_catalog(images: dict, psfs: dict, detections, params: dict, noise=None, first_pass=None):
     """PSF photometry: free positions in V, fixed positions in the other bands (a Table).
 
     Column ``psf_pass`` is 1 for the DAOStarFinder detections and k + 1 for the stars found in
     the residual of pass k (``residual_sources``, ``residual_passes`` times; needs the sky
-    ``noise`` map)."""
+    ``noise`` map), whose joint fits also update their neighbours' V fits. ``first_pass``: a dict
+    that receives the pass-1 x, y, psf_ok and qfit before those updates."""
     from astropy.table import Table
 
     sci, err = images[cc.V_BAND]
@@ -316,18 +573,33 @@ def point_source_catalog(images: dict, psfs: dict, detections, params: dict, noi
         )
     detections, x, y, ok = detections[keep], x[keep], y[keep], ok[keep]
     v = {key: value[keep] for key, value in v.items()}
+    if first_pass is not None:
+        first_pass.update(x=x.copy(), y=y.copy(), psf_ok=ok.copy(), qfit=v["qfit"].copy())
     sharp, round2 = np.asarray(detections["sharpness"], float), np.asarray(detections["roundness2"], float)
     passes = np.ones(len(x), int)
+    # the fits subtracted in the residual; sources whose fit failed or moved too far stay fixed
+    known = {"x": v["x"], "y": v["y"], "flux": v["flux"], "flux_err": v["flux_err"], "qfit": v["qfit"], "refit": ok}
+    extended = broadened_psfs(psfs[cc.V_BAND], params["extended_sigmas_px"]) if n_passes else None
     for k in range(1, n_passes + 1):
-        found, rx, ry, rfit, residual = residual_sources(residual, noise, err, psfs[cc.V_BAND], x, y, params)
-        log.info("residual search %d (FWHM %.1f px): %d more stars", k, params["residual_fwhm_px"], len(rx))
-        if not len(rx):
+        found, new, known, residual = residual_sources(residual, noise, err, psfs[cc.V_BAND], known, params, extended)
+        log.info("residual search %d (FWHM %.1f px): %d more stars", k, params["residual_fwhm_px"], len(found))
+        if not len(found):
             break
-        x, y, ok = np.concatenate([x, rx]), np.concatenate([y, ry]), np.concatenate([ok, np.ones(len(rx), bool)])
-        v = {key: np.concatenate([value, rfit[key]]) for key, value in v.items()}
+        known = {
+            key: np.concatenate([value, new[key] if key != "refit" else np.ones(len(found), bool)])
+            for key, value in known.items()
+        }
         sharp = np.concatenate([sharp, np.asarray(found["sharpness"], float)])
         round2 = np.concatenate([round2, np.asarray(found["roundness2"], float)])
-        passes = np.concatenate([passes, np.full(len(rx), k + 1)])
+        passes = np.concatenate([passes, np.full(len(found), k + 1)])
+        for key in ("cfit", "flags"):
+            v[key] = np.concatenate([v[key], np.full(len(found), np.nan if key == "cfit" else 0, v[key].dtype)])
+    if n_passes:  # sources whose first fit was ok may have been refitted (bounded as that fit)
+        n1 = len(x)
+        x = np.concatenate([np.where(ok, known["x"][:n1], x), known["x"][n1:]])
+        y = np.concatenate([np.where(ok, known["y"][:n1], y), known["y"][n1:]])
+        ok = np.concatenate([ok, np.ones(len(x) - n1, bool)])
+        v.update({key: known[key] for key in ("flux", "flux_err", "qfit")})
     table = Table()
     table["x"], table["y"] = x, y
     table["psf_ok"] = ok
@@ -494,14 +766,19 @@ def detect(images: dict, psfs: dict, params: dict, dolphot=None):
     log.info(
         "DAOStarFinder (FWHM %.1f px, %.1f sigma): %d detections", params["fwhm_px"], params["nsigma"], len(detections)
     )
+    first_pass = {}
     if dolphot is not None:
         points = dolphot_catalog(dolphot, list(images), params)
     else:
-        points = point_source_catalog(sub, psfs, detections, params, noise=noise)
+        points = point_source_catalog(sub, psfs, detections, params, noise=noise, first_pass=first_pass)
         points.meta["sharpness_kind"] = "daofind"
     points["id"] = np.arange(1, len(points) + 1)
     points["origin"] = "dolphot" if dolphot is not None else "psf"
     first = points if dolphot is not None else points[np.asarray(points["psf_pass"]) == 1]
+    if first_pass:  # the source list keeps the first-pass fits (the residual stars' refits move only points)
+        first = first.copy()
+        for key, value in first_pass.items():
+            first[key] = value
     return merged_sources(first, detections, params, dolphot is not None), points
 
 

@@ -129,6 +129,34 @@ def test_residual_search_separates_a_blended_star_but_not_an_extended_cluster():
     assert near_cluster(table).sum() == near_cluster(first).sum() == 1
 
 
+def test_extended_neighbour_test_tells_a_star_pair_from_a_compact_cluster():
+    """A second star 1.8 px from a brighter one rejects the one-extended-source hypothesis at the
+    detection significance; a PSF added 1.6 px from the centre of a compact cluster does not."""
+    from scipy.stats import norm
+
+    lib = cc.ProfileLibrary(PSF)
+    psf = detect_sources.psf_model_from(lib.fine_psf("F555W"), cc.OVERSAMPLE)
+    params = detect_sources.DEFAULTS
+    extended = detect_sources.broadened_psfs(psf, params["extended_sigmas_px"])
+    err = np.full((40, 40), 0.5)
+    rng = np.random.default_rng(4)
+    p_values = []
+    for sources, start in (
+        ([(20.0, 20.0, 400.0, ()), (21.4, 21.2, 250.0, ())], ([20.3, 21.2], [20.3, 21.0], [400.0, 200.0])),
+        ([(20.0, 20.0, 600.0, (2.0, 3.0))], ([20.0, 18.3], [20.0, 19.0], [500.0, 100.0])),
+    ):
+        image = np.zeros(err.shape)
+        for x, y, flux, model in sources:
+            _, _, ix, iy, px, py = cc.quantize_position(x, y)
+            cc.add_stamp(image, lib.stamp("F555W", int(px), int(py), *model)[0], int(ix), int(iy), flux)
+        image += rng.normal(0, 0.5, image.shape)
+        fx, fy, ff = detect_sources.fit_group(image, err, [psf, psf], *start, 5, 1.0)[:3]
+        residual = image - detect_sources.render_psfs(image.shape, psf, fx, fy, ff)
+        pair = (fx[0], fy[0], ff[0]), (fx[1], fy[1], ff[1])
+        p_values.append(detect_sources.extended_test_pvalue(residual, err, psf, extended, *pair, params))
+    assert p_values[0] < 1e-10 < norm.sf(params["nsigma"]) < 0.01 < p_values[1]
+
+
 def test_single_source_makes_no_association_and_a_group_makes_one_of_its_size():
     pc_px, scale = 2.0, 16.0
     fwhm = scale / pc_px
