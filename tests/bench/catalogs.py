@@ -17,7 +17,8 @@ times each, and judges the products against the simulator's truth:
 - associations per scale: median effective diameter (2 r_eff) / smoothing FWHM, and the
   fraction of injected associations whose centre lies in a region of the matching scale.
 
-    .venv/bin/python tests/bench/catalogs.py [--workdir DIR] [--n-clusters N] [--associations-per-scale N] [--keep]
+    .venv/bin/python tests/bench/catalogs.py [--workdir DIR] [--n-clusters N] [--associations-per-scale N]
+        [--sim-seed S] [--keep]
     .venv/bin/python tests/bench/catalogs.py --from-workflow RUN_DIR   # judge a Snakemake run's products
 
 Output: {"bench": "catalogs", "times_s": {...}, "stage_s": ..., "synthetic_s_per_1000": ..., "metrics": {...}}.
@@ -347,6 +348,7 @@ def main(argv=None):
     parser.add_argument(
         "--associations-per-scale", type=int, default=None, help="injected associations per scale (default: config's)"
     )
+    parser.add_argument("--sim-seed", type=int, default=None, help="simulation seed (default: the config's)")
     parser.add_argument("--from-workflow", metavar="DIR", help="only judge the products of a Snakemake run in DIR")
     args = parser.parse_args(argv)
     if args.from_workflow:
@@ -362,11 +364,13 @@ def main(argv=None):
         return
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench-catalogs-"))
     try:
-        overrides = None
+        overrides = {}
         if args.associations_per_scale:
             cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
             assoc = cfg["simulation"]["hst"]["associations"]
-            overrides = {"associations": {**assoc, "per_scale": args.associations_per_scale}}
+            overrides["associations"] = {**assoc, "per_scale": args.associations_per_scale}
+        if args.sim_seed is not None:
+            overrides["seed"] = args.sim_seed
         paths, times = run_stage(workdir, args.n_clusters, overrides)
         from astropy.table import Table
 
