@@ -10,8 +10,10 @@ here): positions and fluxes are fitted in V with the band's PSF model, sources c
 ``duplicate_separation_px`` of a brighter one fitted the same light and is dropped), then fluxes
 are fitted at those fixed positions in every other band, so V is the positional reference.
 Like DOLPHOT, a second pass searches the V image minus the fitted PSFs for stars blended with
-brighter ones (``residual_passes``); they join the point-source catalog (the association maps)
-but not the merged source list, whose cluster candidates are DAOStarFinder detections.
+brighter ones (``residual_passes``); each is refitted together with its neighbours, as ALLSTAR
+adds a star to a group (``residual_sources``), and they join the point-source catalog (the
+association maps) but not the merged source list, whose cluster candidates are DAOStarFinder
+detections and keep their first-pass fits.
 ``--dolphot CATALOG`` replaces this step by a DOLPHOT catalog (run on the V image as reference),
 given either as DOLPHOT's own output -- the ``<name>.phot`` text file with ``<name>.phot.columns``
 (or ``<name>.columns``) next to it, read by its column descriptions: global x, y, S/N,
@@ -205,13 +207,6 @@ def fit_psf(
             warnings.simplefilter("ignore")
             out["residual"] = np.where(good, phot.make_residual_image(np.where(good, data, 0.0)), np.nan)
     return out
-
-
-def subtract_fits(data, err, psf_model, x, y, params: dict) -> np.ndarray:
-    """``data`` minus the PSFs of the sources at (x, y), their fluxes fitted at fixed positions."""
-    return fit_psf(data, err, psf_model, x, y, int(params["fit_shape_px"]), fixed_positions=True, residual=True)[
-        "residual"
-    ]
 
 
 def match_nearest(x1, y1, x2, y2, radius):
