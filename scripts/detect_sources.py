@@ -280,20 +280,21 @@ def psf_values(psf_model, px, py, x0, y0, derivatives=False):
 
 
 def render_psfs(shape, psf_model, x, y, flux) -> np.ndarray:
-    """Image of the PSFs of sources (x, y, flux), each over the model's extent (as photutils'
-    ``make_model_image``), so a fit's model can be put back into its residual."""
-    out = np.zeros(shape)
+    """Image of the PSFs of sources (x, y, flux), each over the model's extent (photutils
+    ``make_model_image``), so a fit's model can be put back into its residual; non-finite fits are skipped."""
+    from astropy.table import Table
+    from photutils.datasets import make_model_image
+
+    x, y, flux = (np.atleast_1d(np.asarray(a, float)) for a in (x, y, flux))
     half = int(np.ceil((psf_model.data.shape[0] / float(psf_model.oversampling[0]) - 1) / 2))
-    for xs, ys, fs in zip(x, y, flux, strict=True):
-        if not (np.isfinite(xs) and np.isfinite(ys) and np.isfinite(fs)):
-            continue
-        ix, iy = int(round(xs)), int(round(ys))
-        x0, x1 = max(ix - half, 0), min(ix + half + 1, shape[1])
-        y0, y1 = max(iy - half, 0), min(iy + half + 1, shape[0])
-        if x0 < x1 and y0 < y1:
-            yy, xx = np.mgrid[y0:y1, x0:x1]
-            out[y0:y1, x0:x1] += fs * psf_values(psf_model, xx, yy, xs, ys)
-    return out
+    with np.errstate(invalid="ignore"):  # the model box must overlap the image
+        good = np.isfinite(flux) & (np.abs(x - (shape[1] - 1) / 2) < shape[1] / 2 + half)
+        good &= np.abs(y - (shape[0] - 1) / 2) < shape[0] / 2 + half
+    if not good.any():
+        return np.zeros(shape)
+    size = 2 * half + 1
+    sources = Table({"x_0": x[good], "y_0": y[good], "flux": flux[good]})
+    return make_model_image(shape, psf_model, sources, model_shape=(size, size))
 
 
 def box_pixels(data, err, x, y, fit_shape: int):

@@ -117,20 +117,20 @@ def single_corrected(name, path, sci, dq, params):
     return sci - result.model, result.mask != 0
 
 
-def sky_known_correction(sci, dq, sky, masked=None, n_amp=4):
-    """Per-amplifier 3-sigma-clipped row means of ``sci - sky`` (the sky known exactly), subtracted.
+def sky_known_correction(sci, dq, sky, masked=None):
+    """``sci`` minus per-amplifier 3-sigma-clipped row means of ``sci - sky`` (the sky known exactly).
 
     The best a row statistic can do on one exposure: what is left is the noise of the row means
     (of the pixels outside ``masked`` when given).  Scored like the methods, it is the
     single-exposure floor of the benchmark's metric.
     """
-    from wflib import masks
+    import destripe
 
-    valid = sm.valid_pixels(sci, dq) & (True if masked is None else ~masked)
-    ny, nx = sci.shape
-    values = np.where(valid, sci - sky, np.nan).astype(np.float32).reshape(ny, n_amp, nx // n_amp)
-    rows, _, _ = masks.clipped_profile(values, axis=-1, sigma=3.0, maxiters=5, statistic="mean")
-    return sci - np.repeat(np.nan_to_num(rows), nx // n_amp, axis=1)
+    region = destripe.science_region(sci.shape, 4, False)
+    use = sm.valid_pixels(sci, dq) & (True if masked is None else ~masked)
+    amps = destripe.amplifier_slices(sci.shape[1])
+    rows, _ = destripe.row_profiles(sci - sky, use, amps, region, 3.0, 5, fallback_fraction=1.0, statistic="mean")
+    return sci - destripe.finish_model(np.nan_to_num(rows), np.zeros(sci.shape[1]), amps, region, use)
 
 
 def ratios(sums_all, sums_hp):
