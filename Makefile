@@ -13,6 +13,8 @@ SHELL := bash
 
 VENV ?= .venv
 CORES ?= 2
+# pytest-xdist workers of `make test`; each test file runs on one worker (its module fixtures once)
+TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 SNAKEMAKE_ARGS ?=
 # Interpreter that creates the venv. Resolved now, before PATH below puts $(VENV)/bin first,
@@ -51,7 +53,7 @@ demo: $(STAMP)  ## run the embedded synthetic survey end to end on CORES cores
 	$(VENV)/bin/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 
 test: $(STAMP)  ## run the test suite (extra pytest options in PYTEST_ARGS)
-	$(VENV)/bin/python -m pytest tests -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 dryrun: $(STAMP)  ## show the jobs a run would execute
 	$(VENV)/bin/snakemake -n $(SNAKEMAKE_ARGS)

@@ -54,6 +54,10 @@ def write_override(path):
         "simulation": {"scale": 0.0625, "layouts": {"phangs_galaxy": layout}},
         # as in test_workflow.py: at 1/16 scale too few reference pixels/sources for anchoring and astrometry
         "anchoring": {"enabled": False},
+        # PSF matching and catalogs have their own workflow tests (test_psf.py, test_catalogs.py) and
+        # cost this run ~5 CPU minutes; test_report_dag.py checks their sections in the planned report
+        "psf": {"enabled": False},
+        "catalogs": {"enabled": False},
         "corrections": {
             step: {"enabled": False, "instruments": ["NIRCAM", "MIRI"]} for step in ("align_relative", "align_absolute")
         },
@@ -122,7 +126,7 @@ def test_report_has_a_section_per_step_that_ran(report_run):
     sections = set(categories[TARGET])
     assert set(EXPECTED_SECTIONS) <= sections, f"missing: {set(EXPECTED_SECTIONS) - sections}"
     # steps that did not run have no section
-    assert not {"05. Astrometry", "06. Sky anchoring"} & sections
+    assert not {"05. Astrometry", "06. Sky anchoring", "08. PSF kernels", "10. Catalogs"} & sections
     results = embedded(html, "results")
     names = {k.split("/")[-1] for k in results}
     for band in ("F200W", "F300M", "F1000W"):
