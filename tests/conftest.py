@@ -13,9 +13,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 BIN = Path(sys.executable).parent
-# Files whose module fixtures run the workflow, longest first (minutes on 2 cores: ~16, ~7, ~6, ~5, ~3).
-# They are collected first so that `make test`'s two pytest-xdist workers (--dist loadfile) start
-# them at once and fill the waits between their jobs with the short tests.
+# Files whose module fixtures run the workflow, longest first (their fixtures took 46, 16, 6, 6 and 2 min
+# in `make test` on 2 cores, 2026-11-22). They are collected first so that `make test`'s two
+# pytest-xdist workers (--dist loadfile) start them at once and fill the waits between their jobs with the short tests.
 LONG_FIRST = ("test_workflow.py", "test_report.py", "test_slurm.py", "test_catalogs.py", "test_artefacts.py")
 
 
@@ -28,6 +28,18 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def workflow_config() -> dict:
     return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def layouts_with_bands(bands: dict) -> dict:
+    """The default simulation layouts named in ``bands`` ({layout: {instrument: filters}}) with only
+    those filters; a layout's MIRI off-field visits take its MIRI filters."""
+    layouts = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["simulation"]["layouts"]
+    for name, instruments in bands.items():
+        for instrument, filters in instruments.items():
+            layouts[name][instrument]["filters"] = filters
+        if "miri_offfield" in layouts[name]:
+            layouts[name]["miri_offfield"]["filters"] = instruments["miri"]
+    return {name: layouts[name] for name in bands}
 
 
 def run_snakemake(workdir: Path, *args: str, configfiles=(), timeout: int = 3600) -> subprocess.CompletedProcess:

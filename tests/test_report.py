@@ -24,7 +24,7 @@ import yaml
 from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
-from conftest import REPO, run_snakemake
+from conftest import REPO, layouts_with_bands, run_snakemake
 
 pytestmark = pytest.mark.workflow
 TARGET = "NGC0628"
@@ -45,13 +45,9 @@ EXPECTED_SECTIONS = [
 
 
 def write_override(path):
-    layout = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["simulation"]["layouts"]["phangs_galaxy"]
-    layout["nircam"]["filters"] = BANDS["nircam"]
-    layout["miri"]["filters"] = BANDS["miri"]
-    layout["miri_offfield"]["filters"] = BANDS["miri"]
     data = {
         "targets": [TARGET],
-        "simulation": {"scale": 0.0625, "layouts": {"phangs_galaxy": layout}},
+        "simulation": {"scale": 0.0625, "layouts": layouts_with_bands({"phangs_galaxy": BANDS})},
         # as in test_workflow.py: at 1/16 scale too few reference pixels/sources for anchoring and astrometry
         "anchoring": {"enabled": False},
         # PSF matching and catalogs have their own workflow tests (test_psf.py, test_catalogs.py) and
