@@ -157,6 +157,25 @@ def test_consistent_pairs_are_solved_exactly():
     assert abs(sol[:, 0].sum()) < 1e-10
 
 
+def test_pair_error_counts_correlated_pixels():
+    """Resampled pixels are correlated: rms/sqrt(n) understates the scatter of a pair's median,
+    the chunk estimate does not (200 noise draws of a 40 x 300 strip smoothed over 3 x 3 pixels)."""
+    from scipy.ndimage import uniform_filter
+
+    rng = np.random.default_rng(3)
+    params = {**lm.DEFAULTS}
+    offsets, errors, independent = [], [], []
+    for _ in range(200):
+        noise = uniform_filter(rng.normal(0, 0.3, (2, 40, 300)), size=(1, 3, 3), mode="reflect")
+        pair = lm.measure_pair(lm.Projected(noise[0], 0, 0), lm.Projected(noise[1], 0, 0), 0, 1, params)
+        offsets.append(pair.offset)
+        errors.append(pair.error)
+        independent.append(lm.independent_error(pair.rms, pair.n_pixels, "median"))
+    scatter = np.std(offsets)
+    assert np.median(errors) == pytest.approx(scatter, rel=0.2)
+    assert np.median(independent) < scatter / 2
+
+
 def test_pair_cuts_follow_the_paper_thresholds():
     params = dict(lm.DEFAULTS)
     big = [lm.Pair(0, k, 10000, 0.0, 0.10 + 0.001 * k, 0.9, 0.9) for k in range(1, 6)]

@@ -60,17 +60,20 @@ def clipped_stats(values, sigma: float = 3.0, maxiters: int = 10, statistic: str
         clipped = sigma_clip(values, sigma=sigma, maxiters=maxiters, cenfunc="median", stdfunc="std", masked=False)
     if clipped.size == 0:
         return math.nan, math.nan, 0
+    return centre_of(clipped, statistic), float(np.std(clipped)), int(clipped.size)
+
+
+def centre_of(values: np.ndarray, statistic: str = "median") -> float:
+    """Median, mean or Tukey biweight location of non-empty finite ``values``."""
     if statistic == "median":
-        centre = float(np.median(clipped))
-    elif statistic == "mean":
-        centre = float(np.mean(clipped))
-    elif statistic == "biweight":
+        return float(np.median(values))
+    if statistic == "mean":
+        return float(np.mean(values))
+    if statistic == "biweight":
         from astropy.stats import biweight_location
 
-        centre = float(biweight_location(clipped)) if clipped.size > 1 else float(clipped[0])
-    else:
-        raise ValueError(f"unknown statistic {statistic!r}")
-    return centre, float(np.std(clipped)), int(clipped.size)
+        return float(biweight_location(values)) if values.size > 1 else float(values[0])
+    raise ValueError(f"unknown statistic {statistic!r}")
 
 
 def robust_sigma(values) -> float:

@@ -19,7 +19,7 @@ so the inputs here are aligned) in a temporary directory, then runs the chain of
   input exposures of median(matched SCI - truth SKY).
 
     .venv/bin/python tests/bench/levels.py [--miri F770W,...] [--nircam F335M,F360M]
-        [--workdir DIR] [--no-skymatch] [--scale S] [--skip-anchoring]
+        [--workdir DIR] [--no-skymatch] [--scale S] [--skip-anchoring] [--sim-seed S]
 
 Output (one line): {"bench": "levels", "miri": {band: {...}}, "nircam": {...},
 "anchoring": {band: {...}}, "offfield": {...}, "lyot": {...}, "times_s": {...}, ...}.
@@ -66,12 +66,14 @@ MIRI_LYOT_SUFFIX = "_lyot"
 
 
 # ----------------------------------------------------------------------------- simulation
-def bench_sim_config(scale=None) -> dict:
+def bench_sim_config(scale=None, seed=None) -> dict:
     """The workflow's simulation config with pointing errors off (inputs as after relative astrometry)."""
     cfg = copy.deepcopy(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["simulation"])
     cfg["effects"]["pointing_errors"]["enabled"] = False
     if scale:
         cfg["scale"] = scale
+    if seed is not None:
+        cfg["seed"] = seed
     return cfg
 
 
@@ -93,12 +95,13 @@ def is_offfield(name: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- metrics
-def offset_metrics(recovered: dict, truth: dict, visits: dict, weak=()) -> dict:
+def offset_metrics(recovered: dict, truth: dict, visits: dict, weak=(), formal=None) -> dict:
     """RMS of recovered minus true offsets of the imager parts after removing their mean.
 
     Also the Lyot level error: (Lyot part - imager part) recovered minus true, per exposure,
     separately for the Lyot parts the level matching reports as weakly tied (``weak``: formal
-    error above its threshold, i.e. tied to the mosaic only by a thin strip).
+    error above its threshold, i.e. tied to the mosaic only by a thin strip); with ``formal``
+    (name -> formal error) that error in units of the Lyot part's formal error.
     """
     imager = [n for n in recovered if not n.endswith(MIRI_LYOT_SUFFIX)]
     err = {n: recovered[n] - truth[n] for n in recovered}
@@ -125,6 +128,10 @@ def offset_metrics(recovered: dict, truth: dict, visits: dict, weak=()) -> dict:
             errs = [e for n, e in zip(lyot, level_err, strict=True) if (n in weak) == selected]
             out[f"lyot_{label}_n"] = len(errs)
             out[f"lyot_{label}_error_max"] = float(np.max(np.abs(errs))) if errs else None
+        if formal:
+            z = [e / formal[n] for n, e in zip(lyot, level_err, strict=True)]
+            out["lyot_error_over_formal_rms"] = float(np.sqrt(np.mean(np.square(z))))
+            out["lyot_error_over_formal_max"] = float(np.max(np.abs(z)))
     return out
 
 
@@ -355,7 +362,8 @@ def run_miri_band(root, band, cfg, params, logs, times, skymatch=True) -> dict:
     true_offsets = {n: injected[n] + offsky["offsets"][n] for n in injected}
     weak = set(report["weakly_tied"])
     recovered = {i["name"]: i["offset_mjysr"] for i in report["images"]}
-    ours = offset_metrics(recovered, true_offsets, visits, weak)
+    formal = {i["name"]: i["formal_error_mjysr"] for i in report["images"]}
+    ours = offset_metrics(recovered, true_offsets, visits, weak, formal)
     ours["formal_error_median"] = float(
         np.median([i["formal_error_mjysr"] for i in report["images"] if not i["name"].endswith(MIRI_LYOT_SUFFIX)])
     )
@@ -472,6 +480,7 @@ def main(argv=None):
     parser.add_argument("--no-skymatch", action="store_true")
     parser.add_argument("--scale", type=float, default=None, help="simulation scale (default: config)")
     parser.add_argument("--skip-anchoring", action="store_true", help="level matching only (no mosaics)")
+    parser.add_argument("--sim-seed", type=int, default=None, help="simulation seed (default: the config's)")
     args = parser.parse_args(argv)
     os.environ.setdefault("STPIPE_DISABLE_CRDS_STEPPARS", "true")
     miri = [b for b in args.miri.split(",") if b]
@@ -479,7 +488,7 @@ def main(argv=None):
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_levels_"))
     root.mkdir(parents=True, exist_ok=True)
     logs = str(root / "bench.log")
-    cfg = bench_sim_config(args.scale)
+    cfg = bench_sim_config(args.scale, args.sim_seed)
     params = recommended_params(cfg)
     times = dict.fromkeys(
         ("simulate", "miri_background", "lyot_split", "level_match", "skymatch", "resample", "anchor", "metrics"), 0.0
