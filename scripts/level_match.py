@@ -229,8 +229,8 @@ def offset_error(diff, ys, xs, centre: float, rms: float, n: int, params: dict) 
     lower the pixel RMS by up to 1.5x without adding information), and residuals of sources
     or gradients vary across an overlap; neither is in rms/sqrt(n). The clipped differences
     are cut into ``error_chunks`` equal-count chunks along the overlap's longer axis, and the
-    error is the standard deviation of the chunk centres over sqrt(chunks) (a jackknife-like
-    estimate), never below the independent-pixel error.
+    error is the standard deviation of the chunk centres over sqrt(chunks) (batch means),
+    never below the independent-pixel error.
     """
     floor = independent_error(rms, n, params["statistic"])
     chunks = int(params["error_chunks"])
