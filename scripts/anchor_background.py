@@ -98,6 +98,11 @@ def diffraction_fwhm_arcsec(filter_name: str) -> float:
     return max(1.03 * wavelength_m / 6.5 * 206264.806, 0.03)
 
 
+def band_fwhm_arcsec(band: str, params: dict) -> float:
+    """PSF FWHM of a JWST band: ``params["fwhm_arcsec"]`` or the diffraction estimate."""
+    return params["fwhm_arcsec"].get(band) or diffraction_fwhm_arcsec(band)
+
+
 def convolve_to(image: np.ndarray, own_fwhm: float, target_fwhm: float, pixel_arcsec: float, min_coverage=0.99):
     """Gaussian convolution of ``image`` (NaN-aware) from ``own_fwhm`` to ``target_fwhm`` (arcsec).
 
@@ -519,13 +524,14 @@ def run(mosaic_paths, reference_items, out_dir, table_path, qa_png, params, cfg_
     def compact_mask(band):  # once per band: the anchored band is the partner of several fits
         if band not in compact:
             rec = mosaics[band]
-            fwhm = params["fwhm_arcsec"].get(band) or diffraction_fwhm_arcsec(band)
-            compact[band] = compact_source_mask(rec.data, pixel_scale_arcsec(rec.wcs), params, fwhm)
+            compact[band] = compact_source_mask(
+                rec.data, pixel_scale_arcsec(rec.wcs), params, band_fwhm_arcsec(band, params)
+            )
         return compact[band]
 
     for band, against in order:
         y_rec = mosaics[band]
-        y_fwhm = params["fwhm_arcsec"].get(band) or diffraction_fwhm_arcsec(band)
+        y_fwhm = band_fwhm_arcsec(band, params)
         if against == "reference":
             x_rec = references[band]
             label = str(x_rec.meta.get("BAND") or x_rec.name)
@@ -536,7 +542,7 @@ def run(mosaic_paths, reference_items, out_dir, table_path, qa_png, params, cfg_
         else:
             x_rec = mosaics[against]
             label = against
-            x_fwhm = params["fwhm_arcsec"].get(against) or diffraction_fwhm_arcsec(against)
+            x_fwhm = band_fwhm_arcsec(against, params)
             x_offset = offsets[against]
         resolution = params["resolution_arcsec"].get(band) or max(float(x_fwhm), float(y_fwhm))
         masks = None

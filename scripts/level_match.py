@@ -182,7 +182,8 @@ def measure_pair(a: Projected, b: Projected, i: int, j: int, params: dict, grid_
     diff, ys, xs = overlap_difference(a, b)
     if diff.size == 0:
         return None
-    centre, rms, n = lc.clipped_stats(diff, params["clip_sigma"], params["clip_maxiters"], params["statistic"])
+    kept = lc.clip_mask(diff, params["clip_sigma"], params["clip_maxiters"])
+    centre, rms, _ = lc.kept_stats(diff[kept], params["statistic"])
     ext = [max(e, 1) for e in (*a.extent(), *b.extent())]
     height, width = min(ext[0], ext[2]), min(ext[1], ext[3])
     pair = Pair(
@@ -193,7 +194,7 @@ def measure_pair(a: Projected, b: Projected, i: int, j: int, params: dict, grid_
         rms=rms,
         frac_x=float(xs.max() - xs.min() + 1) / width,
         frac_y=float(ys.max() - ys.min() + 1) / height,
-        error=offset_error(diff, ys, xs, centre, rms, n, params),
+        error=offset_error(diff[kept], ys[kept], xs[kept], centre, rms, params),
     )
     if params["model"] == "plane":
         cells = int(params["plane_cells"])
@@ -222,23 +223,23 @@ def independent_error(rms: float, n: int, statistic: str) -> float:
     return factor * rms / math.sqrt(max(n, 1))
 
 
-def offset_error(diff, ys, xs, centre: float, rms: float, n: int, params: dict) -> float:
-    """1-sigma error of a pair's clipped centre, measured from the data.
+def offset_error(kept, ys, xs, centre: float, rms: float, params: dict) -> float:
+    """1-sigma error of a pair's clipped centre, measured from the data (``kept``: the differences
+    the clipping kept, at grid pixels ``ys``, ``xs``).
 
     Resampling both images onto the grid correlates neighbouring pixels (bilinear weights
     lower the pixel RMS by up to 1.5x without adding information), and residuals of sources
-    or gradients vary across an overlap; neither is in rms/sqrt(n). The clipped differences
+    or gradients vary across an overlap; neither is in rms/sqrt(n). The kept differences
     are cut into ``error_chunks`` equal-count chunks along the overlap's longer axis, and the
     error is the standard deviation of the chunk centres over sqrt(chunks) (batch means),
     never below the independent-pixel error.
     """
-    floor = independent_error(rms, n, params["statistic"])
+    floor = independent_error(rms, kept.size, params["statistic"])
     chunks = int(params["error_chunks"])
-    if chunks < 2 or not np.isfinite(centre) or n < 10 * chunks:
+    if chunks < 2 or not np.isfinite(centre) or kept.size < 10 * chunks:
         return floor
-    kept = np.abs(diff - centre) <= params["clip_sigma"] * rms
     position = ys if np.ptp(ys) >= np.ptp(xs) else xs
-    values = diff[kept][np.argsort(position[kept], kind="stable")]
+    values = kept[np.argsort(position, kind="stable")]
     centres = [lc.centre_of(part, params["statistic"]) for part in np.array_split(values, chunks)]
     return max(floor, float(np.std(centres, ddof=1)) / math.sqrt(chunks))
 

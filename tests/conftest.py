@@ -25,15 +25,20 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
 
 
+def default_config() -> dict:
+    """config/config.yaml as a dict (a fresh copy each call)."""
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
 @pytest.fixture(scope="session")
 def workflow_config() -> dict:
-    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    return default_config()
 
 
 def layouts_with_bands(bands: dict) -> dict:
     """The default simulation layouts named in ``bands`` ({layout: {instrument: filters}}) with only
     those filters; a layout's MIRI off-field visits take its MIRI filters."""
-    layouts = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["simulation"]["layouts"]
+    layouts = default_config()["simulation"]["layouts"]
     for name, instruments in bands.items():
         for instrument, filters in instruments.items():
             layouts[name][instrument]["filters"] = filters

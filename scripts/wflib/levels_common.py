@@ -41,6 +41,28 @@ def usable_pixels(data: np.ndarray, dq: np.ndarray | None, bitmask: int) -> np.n
     return good
 
 
+def clip_mask(values, sigma: float = 3.0, maxiters: int = 10) -> np.ndarray:
+    """Which of ``values`` (any shape) survive iterative sigma clipping about the median (astropy
+    ``sigma_clip``, std as the scale); non-finite values never do."""
+    from astropy.stats import sigma_clip
+
+    values = np.asarray(values, float)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return finite
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clipped = sigma_clip(values, sigma=sigma, maxiters=maxiters, cenfunc="median", stdfunc="std", masked=True)
+    return ~np.ma.getmaskarray(clipped) & finite
+
+
+def kept_stats(kept: np.ndarray, statistic: str = "median"):
+    """(centre, rms, n) of the values a clipping kept; NaNs when there are none."""
+    if kept.size == 0:
+        return math.nan, math.nan, 0
+    return centre_of(kept, statistic), float(np.std(kept)), int(kept.size)
+
+
 def clipped_stats(values, sigma: float = 3.0, maxiters: int = 10, statistic: str = "median"):
     """Sigma-clipped (centre, rms, n_kept) of the finite ``values``.
 
@@ -49,18 +71,8 @@ def clipped_stats(values, sigma: float = 3.0, maxiters: int = 10, statistic: str
     for the Gaussian core) for the centre; rms is the standard deviation of the clipped
     values. Returns NaNs when nothing is left.
     """
-    from astropy.stats import sigma_clip
-
     values = np.asarray(values, float).ravel()
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan, math.nan, 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clipped = sigma_clip(values, sigma=sigma, maxiters=maxiters, cenfunc="median", stdfunc="std", masked=False)
-    if clipped.size == 0:
-        return math.nan, math.nan, 0
-    return centre_of(clipped, statistic), float(np.std(clipped)), int(clipped.size)
+    return kept_stats(values[clip_mask(values, sigma, maxiters)], statistic)
 
 
 def centre_of(values: np.ndarray, statistic: str = "median") -> float:
