@@ -393,6 +393,18 @@ def anchoring_references(target):
     return {cfg["reference_band"][i]: cfg["references"][i].format(target=target) for i in anchored_instruments(target)}
 
 
+def anchoring_excluded(target):
+    """Exposures whose footprints the anchoring fits leave out: the MIRI coronagraph (Lyot) parts."""
+    if not config["anchoring"].get("exclude_coronagraph", True):
+        return []
+    return [
+        crf_path(target, f, n)
+        for f in anchored_filters(target)
+        for n in image_names(target, f)
+        if n.endswith(LYOT_SUFFIX)
+    ]
+
+
 def all_products(wildcards=None):
     """Final products: mosaics per target and filter, truth for simulated targets, catalogs for galaxies."""
     products = []

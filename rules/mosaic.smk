@@ -198,6 +198,7 @@ for _target in SELECTED.index:
             input:
                 mosaics=[mosaic_path(_target, f) for f in _filters],
                 references=list(_refs.values()),
+                excluded=anchoring_excluded(_target),
             output:
                 mosaics=[anchored_path(_target, f) for f in _filters],
                 table=f"results/{_target}/anchored/{_target}_anchoring.ecsv",
@@ -206,6 +207,7 @@ for _target in SELECTED.index:
                 script=script_path("anchor_background.py"),
                 params=json_param(config["anchoring"].get("params", {})),
                 references=" ".join(f"--reference {band}={path}" for band, path in _refs.items()),
+                excluded=" ".join(f"--exclude-footprint {path}" for path in anchoring_excluded(_target)),
                 out_dir=lambda wildcards, output: os.path.dirname(output.table),
             log:
                 f"logs/anchor_background/{_target}.log",
@@ -217,5 +219,5 @@ for _target in SELECTED.index:
             conda:
                 "../envs/jwst.yaml"
             shell:
-                "python {params.script} --log {log} --params {params.params:q} {params.references}"
+                "python {params.script} --log {log} --params {params.params:q} {params.references} {params.excluded}"
                 " --out-dir {params.out_dir} --table {output.table} --qa-png {output.qa} {input.mosaics}"

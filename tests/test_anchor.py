@@ -252,3 +252,90 @@ def test_matched_filter_masks_compact_sources_below_the_pixel_noise():
     assert masked[False][inside].mean() < 0.5
     assert masked[True][inside].mean() > 0.95
     assert masked[True][compact < 0.001].mean() < 0.02  # noise alone is rarely masked
+
+
+def test_box_outline_rasterises_back_to_the_box():
+    valid = np.zeros((60, 80), bool)
+    valid[12:40, 5:71] = True
+    valid[20, 30] = False  # a hole inside does not shrink the box
+    box = ab.usable_box(valid)
+    assert box == (12, 40, 5, 71)
+    expected = np.pad(np.ones((28, 66), bool), ((12, 20), (5, 9)))
+    assert np.array_equal(ab.polygon_mask(valid.shape, *ab.box_outline(box)), expected)
+    assert ab.usable_box(np.zeros((3, 3), bool)) is None
+
+
+def write_part(path, shape, box, filter_name):
+    """Calibrated exposure on the synthetic mosaics' grid whose usable pixels are ``box`` only (a Lyot part)."""
+    from stdatamodels.jwst import datamodels
+    from stdatamodels.jwst.datamodels import dqflags
+
+    y0, y1, x0, x1 = box
+    data = np.full(shape, np.nan, np.float32)
+    data[y0:y1, x0:x1] = 1.0
+    model = datamodels.ImageModel(data)
+    flagged = dqflags.pixel["DO_NOT_USE"] | dqflags.pixel["NON_SCIENCE"]
+    model.dq = np.where(np.isfinite(data), 0, flagged).astype(np.uint32)
+    model.meta.instrument.name, model.meta.instrument.filter = "MIRI", filter_name
+    model.meta.exposure.type = "MIR_IMAGE"
+    model.meta.bunit_data = "MJy/sr"
+    header = tan_wcs(0.1, shape).to_header()
+    w = model.meta.wcsinfo
+    w.ctype1, w.ctype2 = header["CTYPE1"], header["CTYPE2"]
+    w.crval1, w.crval2 = header["CRVAL1"], header["CRVAL2"]
+    w.crpix1, w.crpix2 = header["CRPIX1"], header["CRPIX2"]
+    w.cdelt1, w.cdelt2 = header["CDELT1"], header["CDELT2"]
+    w.cunit1 = w.cunit2 = "deg"
+    w.pc1_1, w.pc1_2, w.pc2_1, w.pc2_2 = 1.0, 0.0, 0.0, 1.0
+    model.save(str(path))
+    return path
+
+
+def test_excluded_footprint_keeps_a_badly_tied_part_out_of_the_fit(synthetic, tmp_path):
+    """A corner of the F1000W mosaic (a Lyot part tied only by a strip) sits 0.1 MJy/sr high among
+    the faint pixels: the intercept follows it unless that part's footprint is left out."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    root, pedestals = synthetic
+    box = (170, 260, 0, 110)
+    shifted = fits.getdata(root / "m1000_i2d.fits", "SCI").astype(float)
+    shifted[box[0] : box[1], box[2] : box[3]] += 0.1
+    mosaic = write_fits(tmp_path / "m1000_i2d.fits", shifted, 0.1, {"FILTER": "F1000W"})
+    part = write_part(tmp_path / "jw_lyot_cal.fits", shifted.shape, box, "F1000W")
+    intercepts = {}
+    for exclude in (False, True):
+        out = tmp_path / f"out{exclude}"
+        ab.main(
+            [str(root / "m770_i2d.fits"), str(mosaic), "--reference", f"F770W={root / 'irac4.fits'}"]
+            + (["--exclude-footprint", str(part)] if exclude else [])
+            + [
+                "--out-dir",
+                str(out),
+                "--table",
+                str(out / "fit.ecsv"),
+                "--params",
+                '{"fwhm_arcsec": {"F770W": 0.3, "F1000W": 0.3}, "intensity_range": {"F770W": [0.05, 2.5]}}',
+            ]
+        )
+        rows = {r["band"]: r for r in Table.read(out / "fit.ecsv", format="ascii.ecsv")}
+        intercepts[exclude] = rows["F1000W"]["intercept_mjysr"]
+        after = fits.getdata(out / "m1000_i2d.fits", "SCI")
+        assert np.nanmedian(shifted - after) == pytest.approx(intercepts[exclude], abs=1e-5)  # whole mosaic shifted
+    assert intercepts[True] == pytest.approx(pedestals["F1000W"], abs=0.01)
+    assert intercepts[False] - pedestals["F1000W"] > 0.03
+    other = write_part(tmp_path / "f2100w_lyot_cal.fits", shifted.shape, box, "F2100W")
+    with pytest.raises(wfutils.InputError, match="F2100W.*no mosaic"):
+        ab.main(
+            [
+                str(mosaic),
+                "--reference",
+                f"F1000W={root / 'irac4.fits'}",
+                "--exclude-footprint",
+                str(other),
+                "--out-dir",
+                str(tmp_path / "o"),
+                "--table",
+                str(tmp_path / "o.ecsv"),
+            ]
+        )

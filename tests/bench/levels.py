@@ -15,8 +15,9 @@ so the inputs here are aligned) in a temporary directory, then runs the chain of
 * mosaics of the matched exposures with ``resample_mosaic.py`` (ResampleStep) on the
   ``mosaic_grid.py`` grid, then ``anchor_background.py``: the anchored bands against the
   IRAC-like references (F770W <- IRAC4, F360M <- IRAC1, the simulator's proxies), the other
-  bands against them. The true sky pedestal of a mosaic is the pixel-weighted mean over its
-  input exposures of median(matched SCI - truth SKY).
+  bands against them, the MIRI Lyot parts' footprints left out (``exclude_coronagraph``).
+  The true sky pedestal of a mosaic is the pixel-weighted mean over its input exposures of
+  median(matched SCI - truth SKY).
 
     .venv/bin/python tests/bench/levels.py [--miri F770W,...] [--nircam F335M,F360M]
         [--workdir DIR] [--no-skymatch] [--scale S] [--skip-anchoring] [--sim-seed S]
@@ -467,6 +468,7 @@ def recommended_params(cfg) -> dict:
         "lyot_split": {"lyot_region": cfg["miri_regions"]["lyot"]},
         "level_match": {"weighting": "error"},
         "anchoring": {},
+        "anchoring_exclude_coronagraph": True,
     }
 
 
@@ -514,12 +516,17 @@ def main(argv=None):
             references += ["--reference", f"F360M={root / 'refs' / (TARGET['target'] + '_irac1.fits')}"]
         grid = json.loads((root / "work" / "grid.json").read_text())
         params["anchoring"]["fwhm_arcsec"] = {b: effective_fwhm_arcsec(b, cfg, grid) for b in mosaics}
+        excluded = []  # the workflow's anchoring.exclude_coronagraph: Lyot parts out of the fits
+        if params["anchoring_exclude_coronagraph"]:
+            lyot = [p for paths in matched.values() for p in paths if p.name.endswith(f"{MIRI_LYOT_SUFFIX}_cal.fits")]
+            excluded = [arg for p in lyot for arg in ("--exclude-footprint", str(p))]
         t = time.perf_counter()
         table_path = root / "work" / "anchor.ecsv"
         anchor_background.main(
             [
                 *map(str, mosaics.values()),
                 *references,
+                *excluded,
                 "--out-dir",
                 str(root / "work" / "anchored"),
                 "--table",
