@@ -116,14 +116,14 @@ def test_anchored_mosaic_sky_matches_the_truth(chain):
     mosaics = bench.make_mosaics(root, {"F770W": matched}, str(root / "chain.log"), times)
     grid = json.loads((root / "work" / "grid.json").read_text())
     params = {"fwhm_arcsec": {"F770W": bench.effective_fwhm_arcsec("F770W", cfg, grid)}}
-    lyot = [p for p in matched if p.name.endswith(f"{bench.MIRI_LYOT_SUFFIX}_cal.fits")]
-    assert lyot  # as the workflow (anchoring.exclude_coronagraph), the Lyot parts stay out of the fit
+    excluded = bench.lyot_exclusion_args(matched)
+    assert excluded  # as the workflow (anchoring.exclude_coronagraph), the Lyot parts stay out of the fit
     anchor_background.main(
         [
             str(mosaics["F770W"]),
             "--reference",
             f"F770W={root / 'refs' / 'NGC0628_irac4.fits'}",
-            *[arg for p in lyot for arg in ("--exclude-footprint", str(p))],
+            *excluded,
             "--out-dir",
             str(root / "anchored"),
             "--table",

@@ -461,6 +461,13 @@ def make_mosaics(root, matched: dict, logs, times) -> dict:
     return mosaics
 
 
+def lyot_exclusion_args(paths) -> list[str]:
+    """``--exclude-footprint`` arguments for the MIRI Lyot parts among ``paths``, as the workflow's
+    anchoring rule passes them (config ``anchoring.exclude_coronagraph``)."""
+    lyot = [p for p in paths if Path(p).name.endswith(f"{MIRI_LYOT_SUFFIX}_cal.fits")]
+    return [arg for p in lyot for arg in ("--exclude-footprint", str(p))]
+
+
 def recommended_params(cfg) -> dict:
     """The method parameters the report recommends for config/config.yaml (see the report)."""
     return {
@@ -516,10 +523,9 @@ def main(argv=None):
             references += ["--reference", f"F360M={root / 'refs' / (TARGET['target'] + '_irac1.fits')}"]
         grid = json.loads((root / "work" / "grid.json").read_text())
         params["anchoring"]["fwhm_arcsec"] = {b: effective_fwhm_arcsec(b, cfg, grid) for b in mosaics}
-        excluded = []  # the workflow's anchoring.exclude_coronagraph: Lyot parts out of the fits
+        excluded = []
         if params["anchoring_exclude_coronagraph"]:
-            lyot = [p for paths in matched.values() for p in paths if p.name.endswith(f"{MIRI_LYOT_SUFFIX}_cal.fits")]
-            excluded = [arg for p in lyot for arg in ("--exclude-footprint", str(p))]
+            excluded = lyot_exclusion_args([p for paths in matched.values() for p in paths])
         t = time.perf_counter()
         table_path = root / "work" / "anchor.ecsv"
         anchor_background.main(
