@@ -307,11 +307,12 @@ def usable_box(valid: np.ndarray):
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def box_outline(box, n_per_side: int = 64):
-    """(x, y) pixel coordinates along the outer pixel edges of ``box``, counter-clockwise."""
+def box_outline(box, n_per_side: int = 64, pad: float = 0.5):
+    """(x, y) pixel coordinates around ``box``, counter-clockwise: along its outer pixel edges
+    (``pad`` 0.5) or through its outer pixel centres (``pad`` 0)."""
     y0, y1, x0, x1 = box
     t = np.linspace(0.0, 1.0, n_per_side, endpoint=False)
-    xa, xb, ya, yb = x0 - 0.5, x1 - 0.5, y0 - 0.5, y1 - 0.5
+    xa, xb, ya, yb = x0 - pad, x1 - 1 + pad, y0 - pad, y1 - 1 + pad
     x = np.concatenate([xa + t * (xb - xa), np.full(n_per_side, xb), xb - t * (xb - xa), np.full(n_per_side, xa)])
     y = np.concatenate([np.full(n_per_side, ya), ya + t * (yb - ya), np.full(n_per_side, yb), yb - t * (yb - ya)])
     return x, y
@@ -394,9 +395,7 @@ def pixel_average(image: np.ndarray, width_px: float, min_coverage: float = 0.99
 def crop_to(coarse, fine, margin: int = 2):
     """Cut of the coarse record's (array, WCS) to the bounding box of the fine record's footprint."""
     ny, nx = fine.shape
-    t = np.linspace(0, 1, 50)
-    ex = np.concatenate([t * (nx - 1), np.full(50, nx - 1.0), t * (nx - 1), np.zeros(50)])
-    ey = np.concatenate([np.zeros(50), t * (ny - 1), np.full(50, ny - 1.0), t * (ny - 1)])
+    ex, ey = box_outline((0, ny, 0, nx), n_per_side=50, pad=0.0)  # the outer pixel centres
     gx, gy = coarse.wcs.world_to_pixel_values(*fine.wcs.pixel_to_world_values(ex, ey))
     cy, cx = coarse.shape
     x0, x1 = max(int(np.floor(np.nanmin(gx))) - margin, 0), min(int(np.ceil(np.nanmax(gx))) + margin + 1, cx)
