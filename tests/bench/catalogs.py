@@ -15,7 +15,12 @@ times each, and judges the products against the simulator's truth:
 - candidate selection (model-region list): fraction of truth clusters with S/N >= 10
   selected, fraction of the selected list that are stars (field or association members);
 - associations per scale: median effective diameter (2 r_eff) / smoothing FWHM, and the
-  fraction of injected associations whose centre lies in a region of the matching scale.
+  fraction of injected associations whose centre lies in a region of the matching scale;
+  ``recovered_true_positions`` is that fraction when the maps are made from the truth instead
+  of the detections (every star and association member with true S/N >= the maps' ``snr_min``,
+  at its true position): what the association method reaches with perfect point-source
+  detection, so a shortfall of ``recovered`` below it is the detection's (crowding);
+  ``median_over_fwhm_true_positions`` likewise for the sizes.
 
     .venv/bin/python tests/bench/catalogs.py [--workdir DIR] [--n-clusters N] [--associations-per-scale N]
         [--sim-seed S] [--keep]
@@ -193,7 +198,7 @@ def run_stage(workdir, n_clusters=None, sim_overrides=None):
         "--params",
         json.dumps(cat["associations"]),
     )
-    p.update(images=img, psfs=psf, sim=sim)
+    p.update(images=img, psfs=psf, sim=sim, assoc_params=cat["associations"])
     return p, times
 
 
@@ -218,6 +223,7 @@ def workflow_paths(workdir, target=TARGET["target"], config=None):
         "images": {b: w / "hst" / f"{target}_{b}_drc.fits" for b in BANDS},
         "psfs": {b: w / "hst" / "psf" / f"{target}_{b}_psf.fits" for b in BANDS},
         "sim": {**cfg["simulation"]["hst"], "seed": cfg["simulation"]["seed"]},
+        "assoc_params": cfg["catalogs"]["associations"],
     }
 
 
@@ -254,6 +260,7 @@ def evaluate(p, border=12.0):
     from astropy.table import Table
     from scipy.spatial import cKDTree
 
+    import associations
     from detect_sources import match_nearest
 
     truth = Table.read(p["truth"])
@@ -323,21 +330,47 @@ def evaluate(p, border=12.0):
     assoc_truth = Table.read(p["assoc_truth"])
     assoc = Table.read(p["assoc"])
     m["associations"] = {}
+    assoc_params = {**associations.DEFAULTS, **p["assoc_params"]}
+    stars = np.isin(kind, ["star", "association_star"]) & (snr >= assoc_params["snr_min"])
     with fits.open(p["masks"]) as hdul:
         for scale in sorted(set(np.asarray(assoc_truth["scale_pc"], float))):
-            labels = hdul[f"SCALE_{int(scale)}PC"].data
+            hdu = hdul[f"SCALE_{int(scale)}PC"]
+            labels = hdu.data
+            true_labels, true_med = associations_from_truth(
+                tx[stars], ty[stars], p["images"]["F555W"], scale, hdu.header["FWHMPX"], assoc_params
+            )
             rows = assoc[np.asarray(assoc["scale_pc"], float) == scale]
             inj = assoc_truth[np.asarray(assoc_truth["scale_pc"], float) == scale]
             hit = [labels[int(round(r["y"])), int(round(r["x"]))] > 0 for r in inj]
+            hit_true = [true_labels[int(round(r["y"])), int(round(r["x"]))] > 0 for r in inj]
             med = float(np.median(2 * np.asarray(rows["reff_pc"], float))) if len(rows) else float("nan")
             m["associations"][f"{scale:g}"] = {
                 "n_regions": len(rows),
                 "median_diameter_pc": round(med, 2),
                 "median_over_fwhm": round(med / scale, 3),
+                "median_over_fwhm_true_positions": round(true_med / scale, 3),
                 "recovered": round(float(np.mean(hit)), 3),
+                "recovered_true_positions": round(float(np.mean(hit_true)), 3),
                 "n_injected": len(inj),
             }
     return m
+
+
+def associations_from_truth(x, y, v_image, scale_pc, fwhm_px, params):
+    """(label image, median effective diameter in pc) of the associations ``associations.py`` finds
+    in the maps of the true star positions ``x``, ``y``, sized on the background-subtracted V image
+    as the script does: the method alone, as if detection were perfect."""
+    import associations
+    import detect_sources
+    from wflib import catalog_common as cc
+
+    sci, err, _, _ = cc.read_drc(v_image)
+    v = sci - detect_sources.smooth_background(sci, int(params["bkg_box_px"]), 3)
+    labels, filt, _, _ = associations.segment(associations.point_map(x, y, sci.shape), fwhm_px, params)
+    pc_px = scale_pc / fwhm_px
+    rows = associations.region_properties(labels, filt, v, {"V": (v, err)}, {"V": 0.0}, x, y, pc_px)
+    reff = np.array([r["reff_pc"] for r in rows])
+    return labels, float(np.nanmedian(2 * reff)) if len(rows) else float("nan")
 
 
 def main(argv=None):

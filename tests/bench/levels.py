@@ -15,7 +15,9 @@ so the inputs here are aligned) in a temporary directory, then runs the chain of
 * mosaics of the matched exposures with ``resample_mosaic.py`` (ResampleStep) on the
   ``mosaic_grid.py`` grid, then ``anchor_background.py``: the anchored bands against the
   IRAC-like references (F770W <- IRAC4, F360M <- IRAC1, the simulator's proxies), the other
-  bands against them, the MIRI Lyot parts' footprints left out (``exclude_coronagraph``).
+  bands against them, the MIRI Lyot parts' footprints left out (``exclude_coronagraph``);
+  ``error_noise_free`` is the intercept of the same fits on noiseless copies of the mosaics
+  (``noise_free_mosaics``): the error the shape of the band relations leaves without noise.
   The true sky pedestal of a mosaic is the pixel-weighted mean over its input exposures of
   median(matched SCI - truth SKY).
 
@@ -461,6 +463,49 @@ def make_mosaics(root, matched: dict, logs, times) -> dict:
     return mosaics
 
 
+def anchor(mosaic_paths, extra_args, out_dir: Path, params: dict, logs: str, qa_png: bool = False):
+    """``anchor_background.py`` on ``mosaic_paths``: anchored copies in ``out_dir/anchored``, fit table
+    ``out_dir/anchor.ecsv`` (returned) and optionally ``out_dir/anchor.png``."""
+    from astropy.table import Table
+
+    qa = ["--qa-png", str(out_dir / "anchor.png")] if qa_png else []
+    anchor_background.main(
+        [
+            *map(str, mosaic_paths),
+            *extra_args,
+            "--out-dir",
+            str(out_dir / "anchored"),
+            "--table",
+            str(out_dir / "anchor.ecsv"),
+            *qa,
+            "--params",
+            json.dumps(params["anchoring"]),
+            "--log",
+            logs,
+        ]
+    )
+    return Table.read(out_dir / "anchor.ecsv", format="ascii.ecsv")
+
+
+def noise_free_mosaics(mosaics: dict, root: Path) -> list[Path]:
+    """Copies of the mosaics holding the noiseless truth sky (``pedestal_truth``'s files) where they
+    have data: anchored like the real ones, their intercepts (true pedestal 0) are the part of the
+    anchoring error that the shape of the band relations gives over the fitted range, not noise."""
+    from astropy.io import fits
+
+    out_dir = root / "work" / "noise_free"
+    out_dir.mkdir(exist_ok=True)
+    paths = []
+    for band, path in mosaics.items():
+        with fits.open(path) as hdul:
+            sci = hdul["SCI"].data
+            truth = fits.getdata(root / "work" / "truth" / f"{band}_truth.fits", "SCI")
+            hdul["SCI"].data = np.where(np.isfinite(sci), truth, np.nan).astype(sci.dtype)
+            hdul.writeto(out_dir / Path(path).name, overwrite=True)
+        paths.append(out_dir / Path(path).name)
+    return paths
+
+
 def lyot_exclusion_args(paths) -> list[str]:
     """``--exclude-footprint`` arguments for the MIRI Lyot parts among ``paths``, as the workflow's
     anchoring rule passes them (config ``anchoring.exclude_coronagraph``)."""
@@ -527,28 +572,8 @@ def main(argv=None):
         if params["anchoring_exclude_coronagraph"]:
             excluded = lyot_exclusion_args([p for paths in matched.values() for p in paths])
         t = time.perf_counter()
-        table_path = root / "work" / "anchor.ecsv"
-        anchor_background.main(
-            [
-                *map(str, mosaics.values()),
-                *references,
-                *excluded,
-                "--out-dir",
-                str(root / "work" / "anchored"),
-                "--table",
-                str(table_path),
-                "--qa-png",
-                str(root / "work" / "anchor.png"),
-                "--params",
-                json.dumps(params["anchoring"]),
-                "--log",
-                logs,
-            ]
-        )
+        table = anchor(mosaics.values(), [*references, *excluded], root / "work", params, logs, qa_png=True)
         times["anchor"] = time.perf_counter() - t
-        from astropy.table import Table
-
-        table = Table.read(table_path, format="ascii.ecsv")
         for row in table:
             band = str(row["band"])
             truth = pedestal_truth(mosaics[band], band, root, cfg, root / "work" / "grid.json", logs)
@@ -561,6 +586,12 @@ def main(argv=None):
                 "intercept_err": float(row["intercept_err_mjysr"]),
                 "slope": float(row["slope"]),
             }
+        t = time.perf_counter()
+        free = noise_free_mosaics(mosaics, root)
+        noise_free = anchor(free, [*references, *excluded], root / "work" / "noise_free", params, logs)
+        times["anchor_noise_free"] = time.perf_counter() - t
+        for row in noise_free:
+            out["anchoring"][str(row["band"])]["error_noise_free"] = float(row["intercept_mjysr"])
         times["total"] = time.perf_counter() - start
         out["times_s"] = {k: round(v, 1) for k, v in times.items()}
         out["params"] = params
