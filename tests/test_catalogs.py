@@ -460,8 +460,8 @@ def test_associations_recovered_at_8_pc(metrics):
     # 8 pc is 4.19 px at 9.84 Mpc: measured 0.8 (4 of 5) here since residual stars are refitted with
     # their neighbours (0.6 before); with tests/bench/catalogs.py --associations-per-scale 25
     # --n-clusters 1000: 0.80 (config seed), 0.84 (simulation seed 2), 0.68 (seed 1). From the true
-    # star positions seed 1 gives 1.0: its misses are groups of 10-16 members within ~2 px (nearest
-    # neighbours 0.2-0.7 px, below the V PSF FWHM of 1.68 px) that PSF photometry sees as 1-2 stars
+    # star positions seed 1 gives 1.0: its 8 misses are groups of 10-16 members (nearest neighbours
+    # 0.2-0.7 px apart, below the V PSF FWHM of 1.68 px) of which PSF photometry finds 1-5
     assert metrics["associations"]["8"]["recovered"] >= 0.8
 
 
