@@ -110,31 +110,14 @@ def test_dither_and_tile_offsets_are_recovered(chain):
 
 def test_anchored_mosaic_sky_matches_the_truth(chain):
     root, cfg, _, matched = chain
-    import anchor_background
-
     times = dict.fromkeys(("resample",), 0.0)
     mosaics = bench.make_mosaics(root, {"F770W": matched}, str(root / "chain.log"), times)
     grid = json.loads((root / "work" / "grid.json").read_text())
     params = {"fwhm_arcsec": {"F770W": bench.effective_fwhm_arcsec("F770W", cfg, grid)}}
     excluded = bench.lyot_exclusion_args(matched)
     assert excluded  # as the workflow (anchoring.exclude_coronagraph), the Lyot parts stay out of the fit
-    anchor_background.main(
-        [
-            str(mosaics["F770W"]),
-            "--reference",
-            f"F770W={root / 'refs' / 'NGC0628_irac4.fits'}",
-            *excluded,
-            "--out-dir",
-            str(root / "anchored"),
-            "--table",
-            str(root / "anchor.ecsv"),
-            "--params",
-            json.dumps(params),
-        ]
-    )
-    from astropy.table import Table
-
-    row = Table.read(root / "anchor.ecsv", format="ascii.ecsv")[0]
+    reference = ["--reference", f"F770W={root / 'refs' / 'NGC0628_irac4.fits'}"]
+    row = bench.anchor([mosaics["F770W"]], [*reference, *excluded], root, params, str(root / "chain.log"))[0]
     truth = bench.pedestal_truth(
         mosaics["F770W"], "F770W", root, cfg, root / "work" / "grid.json", str(root / "chain.log")
     )

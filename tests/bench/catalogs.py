@@ -332,12 +332,13 @@ def evaluate(p, border=12.0):
     m["associations"] = {}
     assoc_params = {**associations.DEFAULTS, **p["assoc_params"]}
     stars = np.isin(kind, ["star", "association_star"]) & (snr >= assoc_params["snr_min"])
+    v_image = background_subtracted_v(p["images"]["F555W"], assoc_params)
     with fits.open(p["masks"]) as hdul:
         for scale in sorted(set(np.asarray(assoc_truth["scale_pc"], float))):
             hdu = hdul[f"SCALE_{int(scale)}PC"]
             labels = hdu.data
             true_labels, true_med = associations_from_truth(
-                tx[stars], ty[stars], p["images"]["F555W"], scale, hdu.header["FWHMPX"], assoc_params
+                tx[stars], ty[stars], v_image, scale, hdu.header["FWHMPX"], assoc_params
             )
             rows = assoc[np.asarray(assoc["scale_pc"], float) == scale]
             inj = assoc_truth[np.asarray(assoc_truth["scale_pc"], float) == scale]
@@ -356,19 +357,25 @@ def evaluate(p, border=12.0):
     return m
 
 
-def associations_from_truth(x, y, v_image, scale_pc, fwhm_px, params):
-    """(label image, median effective diameter in pc) of the associations ``associations.py`` finds
-    in the maps of the true star positions ``x``, ``y``, sized on the background-subtracted V image
-    as the script does: the method alone, as if detection were perfect."""
-    import associations
+def background_subtracted_v(v_image, params):
+    """(V SCI minus its smooth background, V ERR), as ``associations.py`` sizes its regions."""
     import detect_sources
     from wflib import catalog_common as cc
 
     sci, err, _, _ = cc.read_drc(v_image)
-    v = sci - detect_sources.smooth_background(sci, int(params["bkg_box_px"]), 3)
-    labels, filt, _, _ = associations.segment(associations.point_map(x, y, sci.shape), fwhm_px, params)
+    return sci - detect_sources.smooth_background(sci, int(params["bkg_box_px"]), 3), err
+
+
+def associations_from_truth(x, y, v_image, scale_pc, fwhm_px, params):
+    """(label image, median effective diameter in pc) of the associations ``associations.py`` finds
+    in the maps of the true star positions ``x``, ``y``, sized on ``v_image`` (background-subtracted
+    V SCI, ERR) as the script does: the method alone, as if detection were perfect."""
+    import associations
+
+    v, err = v_image
+    labels, filt, _, _ = associations.segment(associations.point_map(x, y, v.shape), fwhm_px, params)
     pc_px = scale_pc / fwhm_px
-    rows = associations.region_properties(labels, filt, v, {"V": (v, err)}, {"V": 0.0}, x, y, pc_px)
+    rows = associations.region_properties(labels, filt, v, {"V": v_image}, {"V": 0.0}, x, y, pc_px)
     reff = np.array([r["reff_pc"] for r in rows])
     return labels, float(np.nanmedian(2 * reff)) if len(rows) else float("nan")
 

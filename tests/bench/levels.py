@@ -463,9 +463,9 @@ def make_mosaics(root, matched: dict, logs, times) -> dict:
     return mosaics
 
 
-def anchor(mosaic_paths, extra_args, out_dir: Path, params: dict, logs: str, qa_png: bool = False):
-    """``anchor_background.py`` on ``mosaic_paths``: anchored copies in ``out_dir/anchored``, fit table
-    ``out_dir/anchor.ecsv`` (returned) and optionally ``out_dir/anchor.png``."""
+def anchor(mosaic_paths, extra_args, out_dir: Path, anchoring: dict, logs: str, qa_png: bool = False):
+    """``anchor_background.py`` with parameters ``anchoring`` on ``mosaic_paths``: anchored copies in
+    ``out_dir/anchored``, fit table ``out_dir/anchor.ecsv`` (returned) and optionally ``out_dir/anchor.png``."""
     from astropy.table import Table
 
     qa = ["--qa-png", str(out_dir / "anchor.png")] if qa_png else []
@@ -479,7 +479,7 @@ def anchor(mosaic_paths, extra_args, out_dir: Path, params: dict, logs: str, qa_
             str(out_dir / "anchor.ecsv"),
             *qa,
             "--params",
-            json.dumps(params["anchoring"]),
+            json.dumps(anchoring),
             "--log",
             logs,
         ]
@@ -572,7 +572,9 @@ def main(argv=None):
         if params["anchoring_exclude_coronagraph"]:
             excluded = lyot_exclusion_args([p for paths in matched.values() for p in paths])
         t = time.perf_counter()
-        table = anchor(mosaics.values(), [*references, *excluded], root / "work", params, logs, qa_png=True)
+        table = anchor(
+            mosaics.values(), [*references, *excluded], root / "work", params["anchoring"], logs, qa_png=True
+        )
         times["anchor"] = time.perf_counter() - t
         for row in table:
             band = str(row["band"])
@@ -588,7 +590,7 @@ def main(argv=None):
             }
         t = time.perf_counter()
         free = noise_free_mosaics(mosaics, root)
-        noise_free = anchor(free, [*references, *excluded], root / "work" / "noise_free", params, logs)
+        noise_free = anchor(free, [*references, *excluded], root / "work" / "noise_free", params["anchoring"], logs)
         times["anchor_noise_free"] = time.perf_counter() - t
         for row in noise_free:
             out["anchoring"][str(row["band"])]["error_noise_free"] = float(row["intercept_mjysr"])
