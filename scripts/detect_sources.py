@@ -3,7 +3,7 @@
 Method. The V-band (F555W) drizzled image, minus a smooth background (photutils
 ``Background2D``, sigma-clipped medians in ``bkg_box_px`` boxes, sources masked), is searched
 with ``DAOStarFinder`` (Gaussian kernel of FWHM 2.5 px; threshold ``nsigma`` x the sky noise map,
-the paper's 3.5 sigma of DOLPHOT). The detections start a PSF-fitting point-source catalog made
+the paper's 3.5 sigma of DOLPHOT). Its detections start a PSF-fitting point-source catalog made
 with photutils' ``PSFPhotometry`` (the role DOLPHOT plays in the paper, which is not available
 here): positions and fluxes are fitted in V with the band's PSF model, sources closer than
 ``group_separation_px`` fitted simultaneously as DOLPHOT does (a fit that ends within
@@ -28,8 +28,10 @@ not DAOFIND's; ``sharpness_kind`` in the table metadata says which.
 The merged source list (``--sources``) holds every first-pass source at its fitted position
 (the DAOStarFinder centroid where the fit failed or moved the source by more than
 ``max_fit_shift_px``) plus, with a DOLPHOT catalog, the DAOStarFinder detections more than
-``match_radius_px`` from any DOLPHOT source (extended clusters DOLPHOT misses). Aperture
-photometry and concentration indices are measured at these positions.
+``match_radius_px`` from any DOLPHOT source (extended clusters DOLPHOT misses). A second search
+with a wider kernel (``wide_fwhm_px``, ``find_extended``) adds the extended clusters the first one
+misses (at their PSF-fitted positions, or centroids with DOLPHOT). Aperture photometry and
+concentration indices are measured at these positions.
 
     python scripts/detect_sources.py --image F555W=V_drc.fits [--image F275W=...] ...
         --psf F555W=V_psf.fits ... --sources SOURCES.ecsv --pointsources POINTS.ecsv
@@ -55,6 +57,11 @@ DEFAULTS = {
     "sharpness_range": [0.05, 1.0],  # loose: extended clusters are less sharp than stars
     "roundness_range": [-1.0, 1.0],
     "min_separation_px": 2.0,  # photutils 3.0 default (2.5 x FWHM = 6 px) drops neighbours 5-7 px apart
+    # second search with a wider kernel for extended clusters the 2.5 px kernel misses (find_extended;
+    # FWHM 4-7 px clusters at V S/N 10-20); its finds join the source list, not the point sources. 0: off
+    "wide_fwhm_px": 5.0,
+    "wide_nsigma": 5.0,
+    "wide_separation_px": 3.0,  # a wide find this close to a 2.5-px detection is that source
     "bkg_box_px": 32,
     "bkg_filter_px": 3,
     "fit_shape_px": 5,
@@ -164,6 +171,42 @@ def find_sources(data: np.ndarray, noise: np.ndarray, params: dict):
         & (table["y_centroid"] < ny - b)
     )
     return table[keep]
+
+
+def find_extended(data: np.ndarray, noise: np.ndarray, detections, params: dict):
+    """Extended sources the ``fwhm_px`` search missed: DAOStarFinder with the ``wide_fwhm_px`` kernel
+    at ``wide_nsigma``, keeping the finds farther than ``wide_separation_px`` from every detection.
+
+    Our extension of the paper's single 2.5 px search (Lee et al. 2022 Sec. 4.2): a cluster of FWHM
+    5 px puts too little of its light into a 2.5 px kernel to pass 3.5 sigma even where its 4 px
+    aperture has S/N 15, and the candidate selection can only keep what was detected."""
+    if not params["wide_fwhm_px"]:
+        return detections[:0]
+    wide_params = {"fwhm_px": params["wide_fwhm_px"], "nsigma": params["wide_nsigma"]}
+    # peaks closer than the wide kernel's FWHM are one source to it (two finds on one cluster otherwise)
+    wide = find_sources(data, noise, {**params, **wide_params, "min_separation_px": params["wide_fwhm_px"]})
+    if not len(wide) or not len(detections):
+        return wide
+    far = (
+        match_nearest(
+            np.asarray(wide["x_centroid"], float),
+            np.asarray(wide["y_centroid"], float),
+            np.asarray(detections["x_centroid"], float),
+            np.asarray(detections["y_centroid"], float),
+            params["wide_separation_px"],
+        )
+        < 0
+    )
+    return wide[far]
+
+
+def find_all_sources(data: np.ndarray, noise: np.ndarray, params: dict):
+    """(x, y) of the ``fwhm_px`` detections followed by the extended finds (``find_extended``)."""
+    narrow = find_sources(data, noise, params)
+    wide = find_extended(data, noise, narrow, params)
+    x = np.concatenate([np.asarray(t["x_centroid"], float) for t in (narrow, wide)])
+    y = np.concatenate([np.asarray(t["y_centroid"], float) for t in (narrow, wide)])
+    return x, y
 
 
 def psf_model_from(psf_image: np.ndarray, oversample: int):
@@ -715,8 +758,23 @@ def dolphot_catalog(path, bands, params=None):
     return table
 
 
-def merged_sources(points, detections, params, from_dolphot: bool):
-    """Source list for aperture photometry: point sources plus unmatched DAOStarFinder detections."""
+def extended_positions(images: dict, psfs: dict, extended, params: dict, fit: bool):
+    """(x, y, sharpness, qfit) of the extended finds: V-band PSF-fitted positions as every other
+    source gets (``psf_positions``; the DAOStarFinder centroid where that fails) when ``fit``."""
+    x = np.asarray(extended["x_centroid"], float)
+    y = np.asarray(extended["y_centroid"], float)
+    sharp = np.asarray(extended["sharpness"], float)
+    qfit = np.full(len(x), np.nan)
+    if fit and len(x):
+        sci, err = images[cc.V_BAND]
+        x, y, ok, res = psf_positions(sci, err, psfs[cc.V_BAND], x, y, params)
+        qfit = np.where(ok, res["qfit"], np.nan)
+    return x, y, sharp, qfit
+
+
+def merged_sources(points, detections, params, from_dolphot: bool, extended=None):
+    """Source list for aperture photometry: point sources plus unmatched DAOStarFinder detections,
+    plus the ``extended`` (x, y, sharpness, qfit) finds farther than ``match_radius_px`` from those."""
     from astropy.table import Table
 
     x = np.asarray(points["x"], float)
@@ -734,6 +792,14 @@ def merged_sources(points, detections, params, from_dolphot: bool):
         sharp = np.concatenate([sharp, np.asarray(detections["sharpness"], float)[unmatched]])
         qfit = np.concatenate([qfit, np.full(int(unmatched.sum()), np.nan)])
         log.info("merged %d DOLPHOT sources and %d DAOStarFinder-only detections", len(points), int(unmatched.sum()))
+    if extended is not None and len(extended[0]):
+        wx, wy, wsharp, wqfit = extended
+        unmatched = match_nearest(wx, wy, x, y, params["match_radius_px"]) < 0
+        x, y = np.concatenate([x, wx[unmatched]]), np.concatenate([y, wy[unmatched]])
+        origin = np.concatenate([origin, np.full(int(unmatched.sum()), "wide", dtype="<U7")])
+        sharp = np.concatenate([sharp, wsharp[unmatched]])
+        qfit = np.concatenate([qfit, wqfit[unmatched]])
+        log.info("merged %d extended sources of the wide search", int(unmatched.sum()))
     table = Table()
     table["id"] = np.arange(1, len(x) + 1)
     table["x"], table["y"], table["origin"], table["sharpness"], table["qfit"] = x, y, origin, sharp, qfit
@@ -762,6 +828,14 @@ def detect(images: dict, psfs: dict, params: dict, dolphot=None):
     log.info(
         "DAOStarFinder (FWHM %.1f px, %.1f sigma): %d detections", params["fwhm_px"], params["nsigma"], len(detections)
     )
+    extended = find_extended(sub[cc.V_BAND][0], noise, detections, params)
+    if params["wide_fwhm_px"]:
+        log.info(
+            "wide search (FWHM %.1f px, %.1f sigma): %d extended sources the first search missed",
+            params["wide_fwhm_px"],
+            params["wide_nsigma"],
+            len(extended),
+        )
     first_pass = {}
     if dolphot is not None:
         points = dolphot_catalog(dolphot, list(images), params)
@@ -775,7 +849,8 @@ def detect(images: dict, psfs: dict, params: dict, dolphot=None):
         first = first.copy()
         for key, value in first_pass.items():
             first[key] = value
-    return merged_sources(first, detections, params, dolphot is not None), points
+    wide = extended_positions(sub, psfs, extended, params, fit=dolphot is None)
+    return merged_sources(first, detections, params, dolphot is not None, wide), points
 
 
 # --------------------------------------------------------------------------- I/O and entry point

@@ -7,14 +7,14 @@ least ``min_separation_px`` apart) with V magnitudes uniform between the bright 
 (``abs_mag_v``[0] + distance modulus) and the detection limit (a point source at S/N
 ``limit_snr`` in the 4 px aperture, from the ERR map). They carry photon noise like real
 sources: Poisson counts over the image's EXPTIME, their variance added to ERR. Each batch is
-measured exactly like the real sources: DAOStarFinder on the image with the batch (same kernel,
-threshold and noise map as ``detect_sources.py``), a match within ``match_radius_px``, then
-aperture photometry and MCI (``concentration.measure``) at the V-band PSF-fitted position, as for
-the real sources (``detect_sources.psf_positions``; ``centring: dao`` uses the DAOStarFinder
-centroid instead). The MCIs of detected synthetic
-clusters with V S/N >= ``hist_snr_min`` form 2D histograms with bin sizes 0.01, 0.02 and 0.04;
-each model region is the set of bins holding at least ``min_count`` clusters after smoothing by
-``smooth_bins`` bins (holes filled): three nested selection regions, drawn as contours. The
+measured exactly like the real sources: DAOStarFinder on the image with the batch (the kernels,
+thresholds and noise map of ``detect_sources.py``, its wide search included), a match within
+``match_radius_px``, then aperture photometry and MCI (``concentration.measure``) at the V-band
+PSF-fitted position, as for the real sources (``detect_sources.psf_positions``; ``centring:
+dao`` uses the DAOStarFinder centroid instead). The MCIs of detected synthetic clusters with V
+S/N >= ``hist_snr_min`` form 2D histograms with bin sizes 0.01, 0.02 and 0.04; each model region
+is the set of bins holding at least ``min_count`` clusters after smoothing by ``smooth_bins``
+bins (holes filled): three nested selection regions, drawn as contours. The
 **stellar region** -- where the point sources of the field dominate -- is the highest-density
 region of their MCI distribution (bin ``stellar_bin``, counts smoothed by one bin) holding
 ``stellar_fraction`` (90%) of them; point sources are PSF-fitted (or DOLPHOT) sources with
@@ -61,7 +61,7 @@ DEFAULTS = {
     "hist_snr_min": 10.0,
     "bin_sizes": [0.01, 0.02, 0.04],
     "min_count": 0.3,  # smoothed synthetic clusters per bin (a number or one per bin size)
-    "smooth_bins": 1.0,
+    "smooth_bins": 2.0,  # see model_region
     "mci_in_range": [-2.0, 1.5],
     "mci_out_range": [-4.0, 2.5],
     "stellar_bin": 0.04,
@@ -162,17 +162,11 @@ def inject_and_measure(sci, err, noise, bkg, library, zp_ab, mag_range, params, 
             stamp, _ = library.stamp(cc.V_BAND, int(px[k]), int(py[k]), fwhm, slope)
             cc.add_stamp(signal, stamp, int(ix[k]), int(iy[k]), 10 ** (-0.4 * (mags[k] - zp_ab)))
         image, image_err = with_photon_noise(sci, err, signal, exptime, rng)
-        found = detect_sources.find_sources(image - bkg, noise, det_params)
-        idx = detect_sources.match_nearest(
-            qx,
-            qy,
-            np.asarray(found["x_centroid"], float),
-            np.asarray(found["y_centroid"], float),
-            params["match_radius_px"],
-        )
+        fx, fy = detect_sources.find_all_sources(image - bkg, noise, det_params)
+        idx = detect_sources.match_nearest(qx, qy, fx, fy, params["match_radius_px"])
         detected = idx >= 0
-        xm = np.where(detected, np.asarray(found["x_centroid"], float)[np.maximum(idx, 0)], qx)
-        ym = np.where(detected, np.asarray(found["y_centroid"], float)[np.maximum(idx, 0)], qy)
+        xm = np.where(detected, fx[np.maximum(idx, 0)], qx)
+        ym = np.where(detected, fy[np.maximum(idx, 0)], qy)
         if params["centring"] == "psf" and detected.any():  # the real sources' positions: V-band PSF fits
             xm[detected], ym[detected], _, _ = detect_sources.psf_positions(
                 image - bkg, image_err, psf_model, xm[detected], ym[detected], det_params
@@ -215,11 +209,13 @@ def mci_histogram(mci_in, mci_out, bin_size, params):
     return hist, (lo_in, lo_out)
 
 
-def model_region(hist, min_count, smooth_bins=1.0):
+def model_region(hist, min_count, smooth_bins):
     """Bins whose count, smoothed by a Gaussian of ``smooth_bins`` bins, is at least ``min_count``; holes filled.
 
-    The paper's histograms hold ~4e6 clusters; with thousands, the one-bin smoothing stands in
-    for the neighbouring models a bin would have received."""
+    The paper's histograms hold ~4e6 clusters, enough to reach the scatter of the faint ones;
+    with thousands the smoothing stands in for the clusters a bin would have received. Two bins
+    rather than one widen the 0.04 region by ~25% of its area, almost all of it taken up by
+    clusters at S/N 10-20 (tests/bench/catalogs.py, 7 simulation seeds)."""
     from scipy.ndimage import binary_fill_holes, gaussian_filter
 
     smooth = gaussian_filter(hist.astype(float), smooth_bins, mode="constant") if smooth_bins > 0 else hist

@@ -77,7 +77,7 @@ def test_model_region_holds_the_clusters_and_in_region_reads_it():
     mci_in, mci_out = rng.normal(0, 0.05, 2000), rng.normal(0, 0.1, 2000)
     params = inject_clusters.DEFAULTS
     hist, origin = inject_clusters.mci_histogram(mci_in, mci_out, 0.04, params)
-    region = inject_clusters.model_region(hist, 0.3)
+    region = inject_clusters.model_region(hist, 0.3, params["smooth_bins"])
     assert inject_clusters.in_region(region, origin, 0.04, mci_in, mci_out).mean() > 0.95
     assert not inject_clusters.in_region(region, origin, 0.04, [0.8, np.nan], [1.5, 0.0]).any()
 
@@ -127,6 +127,28 @@ def test_residual_search_separates_a_blended_star_but_not_an_extended_cluster():
     found = table[near_pair(table) & (table["psf_pass"] == 2)][0]
     assert min(math.hypot(found["x"] - x, found["y"] - y) for x, y, _ in stars) < 0.5
     assert near_cluster(table).sum() == near_cluster(first).sum() == 1
+
+
+def test_wide_search_finds_the_extended_cluster_the_first_search_misses_once():
+    """A FWHM-5 px cluster at 4 px aperture S/N ~15 is (nearly) invisible to the 2.5 px kernel; the
+    wide search adds it exactly once over 20 noise draws, and never the star the first search found."""
+    lib = cc.ProfileLibrary(PSF)
+    params = {**detect_sources.DEFAULTS, "border_px": 4}
+    near = lambda x, y, px, py: int(np.sum(np.hypot(x - px, y - py) < 3))
+    found_by_narrow = 0
+    for seed in range(20):
+        image = np.zeros((80, 80))
+        cc.add_stamp(image, lib.stamp("F555W", 0, 0)[0], 20, 20, 100.0)
+        cc.add_stamp(image, lib.stamp("F555W", 0, 0, fwhm_px=5.0, slope=2.0)[0], 55, 50, 200.0)
+        err = np.full(image.shape, 0.5)
+        image += np.random.default_rng(seed).normal(0, 0.5, image.shape)
+        narrow = detect_sources.find_sources(image, err, params)
+        x, y = detect_sources.find_all_sources(image, err, params)
+        assert near(x, y, 20, 20) == 1 and near(x, y, 55, 50) == 1, seed
+        found_by_narrow += near(np.asarray(narrow["x_centroid"]), np.asarray(narrow["y_centroid"]), 55, 50)
+    assert found_by_narrow <= 4
+    off = detect_sources.find_extended(image, err, narrow, {**params, "wide_fwhm_px": 0})
+    assert len(off) == 0
 
 
 def test_extended_neighbour_test_tells_a_star_pair_from_a_compact_cluster():
