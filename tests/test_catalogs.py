@@ -483,7 +483,8 @@ def test_associations_recovered_at_8_pc(metrics):
     # their neighbours (0.6 before); with tests/bench/catalogs.py --associations-per-scale 25
     # --n-clusters 1000: 0.80 (config seed), 0.84 (simulation seed 2), 0.68 (seed 1). From the true
     # star positions seed 1 gives 1.0: its 8 misses are groups of 10-16 members (nearest neighbours
-    # 0.2-0.7 px apart, below the V PSF FWHM of 1.68 px) of which PSF photometry finds 1-5
+    # 0.2-0.7 px apart, below the V PSF FWHM of 1.68 px) of which PSF photometry finds 1-5. Pooled
+    # over 11 simulation seeds at the config's density (--sim-seeds): 38 of 55 (0.69)
     assert metrics["associations"]["8"]["recovered"] >= 0.8
 
 

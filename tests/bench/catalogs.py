@@ -23,10 +23,14 @@ times each, and judges the products against the simulator's truth:
   ``median_over_fwhm_true_positions`` likewise for the sizes.
 
     .venv/bin/python tests/bench/catalogs.py [--workdir DIR] [--n-clusters N] [--associations-per-scale N]
-        [--sim-seed S] [--keep]
+        [--sim-seed S | --sim-seeds S1,S2,...] [--keep]
     .venv/bin/python tests/bench/catalogs.py --from-workflow RUN_DIR   # judge a Snakemake run's products
 
 Output: {"bench": "catalogs", "times_s": {...}, "stage_s": ..., "synthetic_s_per_1000": ..., "metrics": {...}}.
+With ``--sim-seeds`` (~2.5 min per seed): {"bench", "seeds", "stage_s": [...], "pooled": {...},
+"per_seed": {seed: metrics}}, the pooled rates summing the counts of all seeds (one seed holds
+only ~120 clusters at S/N >= 10 and 5 associations per scale, so a rate moves by 0.01-0.2
+between seeds).
 """
 
 from __future__ import annotations
@@ -380,6 +384,58 @@ def associations_from_truth(x, y, v_image, scale_pc, fwhm_px, params):
     return labels, float(np.nanmedian(2 * reff)) if len(rows) else float("nan")
 
 
+def bench_once(workdir, n_clusters, overrides) -> dict:
+    """Simulate, run the catalog stage in ``workdir`` and judge it: the benchmark's JSON record."""
+    from astropy.table import Table
+
+    paths, times = run_stage(workdir, n_clusters, overrides)
+    synth = Table.read(paths["synth"])
+    metrics = evaluate(paths)
+    stage = sum(v for k, v in times.items() if k != "simulate_hst")
+    return {
+        "bench": "catalogs",
+        "times_s": {k: round(v, 2) for k, v in times.items()},
+        "stage_s": round(stage, 2),
+        "n_synthetic": len(synth),
+        "synthetic_s_per_1000": synth.meta.get("seconds_per_1000"),
+        "metrics": metrics,
+    }
+
+
+def pooled(per_seed: dict) -> dict:
+    """Done-means numbers pooled over simulation seeds (sums of counts), with each seed's extreme."""
+    ms = list(per_seed.values())
+
+    def pool(rate, count):
+        n = sum(m[count] for m in ms)
+        return round(sum(m[rate] * m[count] for m in ms) / n, 4) if n else float("nan")
+
+    out = {
+        "completeness_snr10_all": pool("completeness_snr10_all", "n_snr10_all"),
+        "selection_completeness": pool("selection_completeness", "selection_n_clusters_snr10"),
+        "selection_completeness_min": round(min(m["selection_completeness"] for m in ms), 4),
+        "selected_star_fraction": pool("selected_star_fraction", "selected_n"),
+        "selected_star_fraction_max": round(max(m["selected_star_fraction"] for m in ms), 4),
+        "photometry_bias_mag_max_abs": round(max(abs(m["photometry_bias_mag"]) for m in ms), 4),
+        "photometry_norm_scatter_range": [round(f(m["photometry_norm_scatter"] for m in ms), 3) for f in (min, max)],
+        "associations": {},
+    }
+    for scale in ms[0]["associations"]:
+        rows = [m["associations"][scale] for m in ms]
+        n = sum(r["n_injected"] for r in rows)
+        ratios = [r["median_over_fwhm"] for r in rows]
+        out["associations"][scale] = {
+            "recovered": round(sum(r["recovered"] * r["n_injected"] for r in rows) / n, 3),
+            "n_injected": n,
+            "median_over_fwhm_range": [min(ratios), max(ratios)],
+        }
+    return out
+
+
+def int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir")
@@ -388,7 +444,11 @@ def main(argv=None):
     parser.add_argument(
         "--associations-per-scale", type=int, default=None, help="injected associations per scale (default: config's)"
     )
-    parser.add_argument("--sim-seed", type=int, default=None, help="simulation seed (default: the config's)")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--sim-seed", type=int, default=None, help="simulation seed (default: the config's)")
+    seeds.add_argument(
+        "--sim-seeds", type=int_list, help="comma-separated seeds: one stage per seed, metrics per seed and pooled"
+    )
     parser.add_argument("--from-workflow", metavar="DIR", help="only judge the products of a Snakemake run in DIR")
     args = parser.parse_args(argv)
     if args.from_workflow:
@@ -409,23 +469,24 @@ def main(argv=None):
             cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
             assoc = cfg["simulation"]["hst"]["associations"]
             overrides["associations"] = {**assoc, "per_scale": args.associations_per_scale}
-        if args.sim_seed is not None:
-            overrides["seed"] = args.sim_seed
-        paths, times = run_stage(workdir, args.n_clusters, overrides)
-        from astropy.table import Table
-
-        synth = Table.read(paths["synth"])
-        metrics = evaluate(paths)
-        stage = sum(v for k, v in times.items() if k != "simulate_hst")
+        if not args.sim_seeds:
+            if args.sim_seed is not None:
+                overrides["seed"] = args.sim_seed
+            print(json.dumps(bench_once(workdir, args.n_clusters, overrides)))
+            return
+        records = {}
+        for seed in args.sim_seeds:
+            records[seed] = bench_once(workdir / f"seed{seed}", args.n_clusters, {**overrides, "seed": seed})
+            print(f"seed {seed}: {json.dumps(records[seed]['metrics'])}", file=sys.stderr, flush=True)
+        per_seed = {seed: r["metrics"] for seed, r in records.items()}
         print(
             json.dumps(
                 {
                     "bench": "catalogs",
-                    "times_s": {k: round(v, 2) for k, v in times.items()},
-                    "stage_s": round(stage, 2),
-                    "n_synthetic": len(synth),
-                    "synthetic_s_per_1000": synth.meta.get("seconds_per_1000"),
-                    "metrics": metrics,
+                    "seeds": args.sim_seeds,
+                    "stage_s": [r["stage_s"] for r in records.values()],
+                    "pooled": pooled(per_seed),
+                    "per_seed": per_seed,
                 }
             )
         )
