@@ -680,10 +680,6 @@ def destripe_file(input_path, output_path, params, noise_model_path=None, qa_png
 
 
 # --------------------------------------------------------------------------- entry point
-def int_list(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
 def parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -701,8 +697,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--qa-png", help="write a QA figure (data, mask, model, corrected) here")
     parser.add_argument("--flat", help="flat field (FITS with SCI) to divide a rate image by for the measurement")
     parser.add_argument("--params", default="{}", help="JSON dict of the parameters below (config section)")
-    parser.add_argument("--scales", type=int_list, help="row median-filter scales, default 3,7,15,31,63,127")
-    parser.add_argument("--column-scales", type=int_list, help="column median-filter scales, default as --scales")
+    parser.add_argument("--scales", type=wfutils.int_list, help="row median-filter scales, default 3,7,15,31,63,127")
+    parser.add_argument(
+        "--column-scales", type=wfutils.int_list, help="column median-filter scales, default as --scales"
+    )
     parser.add_argument(
         "--fallback-fraction", type=float, help="masked fraction of an amp-row above which the full row is used (0.8)"
     )

@@ -182,9 +182,11 @@ def find_extended(data: np.ndarray, noise: np.ndarray, detections, params: dict)
     aperture has S/N 15, and the candidate selection can only keep what was detected."""
     if not params["wide_fwhm_px"]:
         return detections[:0]
-    wide_params = {"fwhm_px": params["wide_fwhm_px"], "nsigma": params["wide_nsigma"]}
     # peaks closer than the wide kernel's FWHM are one source to it (two finds on one cluster otherwise)
-    wide = find_sources(data, noise, {**params, **wide_params, "min_separation_px": params["wide_fwhm_px"]})
+    wide_fwhm = params["wide_fwhm_px"]
+    wide = find_sources(
+        data, noise, {**params, "fwhm_px": wide_fwhm, "nsigma": params["wide_nsigma"], "min_separation_px": wide_fwhm}
+    )
     if not len(wide) or not len(detections):
         return wide
     far = (

@@ -150,6 +150,11 @@ def parse_params(text: str | None, defaults: dict) -> dict:
     return params
 
 
+def int_list(text: str) -> list[int]:
+    """Command-line type of a comma-separated list of integers ("3,7,15")."""
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
 def add_run_options(parser, params_help: str | None = None) -> None:
     """The options every step shares: ``--params`` (a JSON object, when ``params_help`` says
     what it holds), ``--config-hash`` (recorded in the provenance headers) and ``--log``."""

@@ -51,6 +51,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
+from wflib import wfutils  # noqa: E402
+
 TARGET = {"target": "NGC0628", "ra": 24.173946, "dec": 15.783662, "distance_mpc": 9.84}
 BANDS = ["F275W", "F336W", "F438W", "F555W", "F814W"]
 
@@ -432,10 +434,6 @@ def pooled(per_seed: dict) -> dict:
     return out
 
 
-def int_list(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir")
@@ -447,7 +445,9 @@ def main(argv=None):
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--sim-seed", type=int, default=None, help="simulation seed (default: the config's)")
     seeds.add_argument(
-        "--sim-seeds", type=int_list, help="comma-separated seeds: one stage per seed, metrics per seed and pooled"
+        "--sim-seeds",
+        type=wfutils.int_list,
+        help="comma-separated seeds: one stage per seed, metrics per seed and pooled",
     )
     parser.add_argument("--from-workflow", metavar="DIR", help="only judge the products of a Snakemake run in DIR")
     args = parser.parse_args(argv)
