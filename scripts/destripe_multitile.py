@@ -24,6 +24,16 @@ Our additions (parameters; the published behaviour is the default where it diffe
   (detector -> grid -> detector) as the median of the others, so that interpolation
   smoothing of sources does not leave a sky-fixed residual; such residuals are common to
   all exposures and would otherwise accumulate, since nothing constrains them.
+* ``joint`` (off): before pass 1, solve for every exposure's large-scale stripes at once by
+  least squares (the "destriping" of map-making: data = sky + per-exposure offsets + noise,
+  the sky eliminated as the weighted mean of the exposures on the grid; Kurki-Suonio et al.
+  2009, A&A 506, 1511).  The offsets are per amplifier, linear between knots every
+  ``joint_knot_rows`` rows; a ridge term (``joint_ridge`` times the mean knot weight) damps the
+  patterns the overlaps barely constrain, and pixels whose residual from the sky is beyond
+  ``mask_nsigma`` robust sigma (sources, resampling residuals) are dropped and the solve
+  repeated (``joint_reweights``).  Pass 1's row medians of differences see an exposure's
+  stripes where they overlap each other exposure separately; only the joint solve ties
+  amplifiers and detectors together through their partial overlaps.
 * ``consensus`` (off): subtract k/(k+1) of the difference for k overlapping others, which
   leaves the mean of the k+1 exposures instead of swapping an exposure's stripes for the
   others' (the full difference oscillates when iterated).  A pattern fixed to sky rows
@@ -68,6 +78,12 @@ DEFAULTS = {
     "mask_npixels": 5,
     "mask_dilate": 7,
     "iterations": 1,
+    # joint least-squares pass before pass 1 (False: published)
+    "joint": False,
+    "joint_knot_rows": 16,
+    "joint_ridge": 0.005,
+    "joint_max_iterations": 80,
+    "joint_reweights": 1,
     # scale the pass-1 difference by k/(k+1) for k overlapping others (False: published, full difference)
     "consensus": False,
     # compare the exposure resampled to the grid and back (True) or as observed (False, published)
@@ -347,6 +363,156 @@ def pass_one(exposures, maps, p):
     return models
 
 
+@dataclass
+class JointPart:
+    """One exposure on its grid box for the joint solve: data, weights and the knots each pixel reads."""
+
+    data: np.ndarray  # float32, 0 where unusable
+    weight: np.ndarray  # float32, 0 or 1
+    k0: np.ndarray  # int32 index of the knot below (amplifier-major)
+    k1: np.ndarray  # int32 index of the knot above
+    frac: np.ndarray  # float32 weight of k1
+    n_knots: int  # knots per amplifier
+    n_amp: int
+
+    def gather(self, knots: np.ndarray) -> np.ndarray:
+        return (1.0 - self.frac) * knots[self.k0] + self.frac * knots[self.k1]
+
+    def scatter(self, image: np.ndarray) -> np.ndarray:
+        size = self.n_knots * self.n_amp
+        low = np.bincount(self.k0.ravel(), ((1.0 - self.frac) * image).ravel(), minlength=size)
+        return low + np.bincount(self.k1.ravel(), (self.frac * image).ravel(), minlength=size)
+
+
+def joint_part(exp: Exposure, forward: PixelMap, p) -> JointPart:
+    """Resample an exposure onto its grid box and index every grid pixel to its amplifier and row knots."""
+    yin, xin = forward.coords()
+    data = resample(exp.data, (yin, xin))
+    ny, nx = exp.data.shape
+    row, col = np.rint(yin).astype(np.int32), np.rint(xin).astype(np.int32)
+    inside = (row >= 0) & (row < ny) & (col >= 0) & (col < nx)
+    row, col = np.clip(row, 0, ny - 1), np.clip(col, 0, nx - 1)
+    ok = inside & np.isfinite(data) & exp.usable[row, col]
+    n_amp = len(destripe.amplifier_slices(nx, int(p["n_amplifiers"]), exp.subarray))
+    step = int(p["joint_knot_rows"])
+    n_knots = (ny - 1) // step + 2
+    pos = np.clip(yin, 0, ny - 1) / step
+    k0 = np.floor(pos).astype(np.int32)
+    amp_base = (col // (nx // n_amp)) * n_knots
+    return JointPart(
+        np.where(ok, data, 0.0).astype(np.float32),
+        ok.astype(np.float32),
+        (amp_base + k0).astype(np.int32),
+        (amp_base + np.minimum(k0 + 1, n_knots - 1)).astype(np.int32),
+        (pos - k0).astype(np.float32),
+        n_knots,
+        n_amp,
+    )
+
+
+def joint_sky(exposures, parts, shape, knots) -> np.ndarray:
+    """Weighted mean over the exposures of (data - offsets) on the grid (0 where nothing is usable)."""
+    total, weight = np.zeros(shape), np.zeros(shape)
+    for exp, part, kn in zip(exposures, parts, knots, strict=True):
+        y0, y1, x0, x1 = exp.box
+        total[y0:y1, x0:x1] += part.weight * (part.data - part.gather(kn))
+        weight[y0:y1, x0:x1] += part.weight
+    return np.where(weight > 0, total / np.maximum(weight, 1e-12), 0.0)
+
+
+def joint_normal(exposures, parts, shape, knots, ridge) -> list[np.ndarray]:
+    """Normal-equation operator on the knots with the sky eliminated, plus the ridge term."""
+    offsets = [part.gather(kn) for part, kn in zip(parts, knots, strict=True)]
+    total, weight = np.zeros(shape), np.zeros(shape)
+    for exp, part, off in zip(exposures, parts, offsets, strict=True):
+        y0, y1, x0, x1 = exp.box
+        total[y0:y1, x0:x1] += part.weight * off
+        weight[y0:y1, x0:x1] += part.weight
+    mean = np.where(weight > 0, total / np.maximum(weight, 1e-12), 0.0)
+    out = []
+    for exp, part, kn, off in zip(exposures, parts, knots, offsets, strict=True):
+        y0, y1, x0, x1 = exp.box
+        out.append(part.scatter(part.weight * (off - mean[y0:y1, x0:x1])) + ridge * kn)
+    return out
+
+
+def solve_knots(exposures, parts, shape, p) -> list[np.ndarray]:
+    """Preconditioned conjugate gradients for the knots minimising sum w (data - offset - sky)^2 + ridge |knots|^2."""
+    zero = [np.zeros(part.n_knots * part.n_amp) for part in parts]
+    sky = joint_sky(exposures, parts, shape, zero)
+    rhs = []
+    for exp, part in zip(exposures, parts, strict=True):
+        y0, y1, x0, x1 = exp.box
+        rhs.append(part.scatter(part.weight * (part.data - sky[y0:y1, x0:x1])))
+    counts = [part.scatter(part.weight) for part in parts]
+    positive = np.concatenate([c[c > 0] for c in counts])
+    ridge = float(p["joint_ridge"]) * (float(positive.mean()) if positive.size else 1.0)
+    precond = [c + ridge + 1e-12 for c in counts]
+
+    def dot(u, v):
+        return sum(float(np.dot(a, b)) for a, b in zip(u, v, strict=True))
+
+    x = [z.copy() for z in zero]
+    r = [b.copy() for b in rhs]
+    z = [ri / m for ri, m in zip(r, precond, strict=True)]
+    d = [zi.copy() for zi in z]
+    rz = start = dot(r, z)
+    done = 0
+    while done < int(p["joint_max_iterations"]) and rz > 1e-12 * start:
+        hd = joint_normal(exposures, parts, shape, d, ridge)
+        alpha = rz / dot(d, hd)
+        x = [xi + alpha * di for xi, di in zip(x, d, strict=True)]
+        r = [ri - alpha * hi for ri, hi in zip(r, hd, strict=True)]
+        z = [ri / m for ri, m in zip(r, precond, strict=True)]
+        rz_new = dot(r, z)
+        d = [zi + (rz_new / rz) * di for zi, di in zip(z, d, strict=True)]
+        rz, done = rz_new, done + 1
+    log.info("joint solve: %d conjugate-gradient iterations, residual %.1e of the start", done, rz / max(start, 1e-300))
+    return x
+
+
+def reject_residuals(exposures, parts, shape, knots, p) -> None:
+    """Drop pixels whose residual from the joint sky is beyond ``mask_nsigma`` robust sigma (grown by 2 px)."""
+    from scipy.ndimage import binary_dilation
+
+    sky = joint_sky(exposures, parts, shape, knots)
+    for exp, part, kn in zip(exposures, parts, knots, strict=True):
+        y0, y1, x0, x1 = exp.box
+        good = part.weight > 0
+        if not good.any():
+            continue
+        resid = part.data - part.gather(kn) - sky[y0:y1, x0:x1]
+        centre = np.median(resid[good])
+        spread = 1.4826 * np.median(np.abs(resid[good] - centre))
+        bad = binary_dilation(good & (np.abs(resid - centre) > p["mask_nsigma"] * spread), iterations=2)
+        part.weight[bad] = 0.0
+
+
+def joint_pass(exposures, shape, maps, p):
+    """Large-scale stripes of all exposures from one least-squares solve (see ``joint`` above)."""
+    parts = [joint_part(exp, forward, p) for exp, (forward, _) in zip(exposures, maps, strict=True)]
+    knots = [np.zeros(part.n_knots * part.n_amp) for part in parts]
+    for _ in range(int(p["joint_reweights"]) + 1):
+        reject_residuals(exposures, parts, shape, knots, p)
+        knots = solve_knots(exposures, parts, shape, p)
+    models = []
+    for exp, part, kn in zip(exposures, parts, knots, strict=True):
+        ny, nx = exp.data.shape
+        rows_at = np.arange(ny) / int(p["joint_knot_rows"])
+        grid_knots = np.arange(part.n_knots)
+        rows = np.stack(
+            [np.interp(rows_at, grid_knots, kn.reshape(part.n_amp, part.n_knots)[a]) for a in range(part.n_amp)]
+        )
+        region = destripe.science_region(exp.data.shape, int(p["reference_border"]), exp.subarray)
+        amps = destripe.amplifier_slices(nx, int(p["n_amplifiers"]), exp.subarray)
+        model = destripe.finish_model(rows, np.zeros(nx), amps, region, exp.usable & region)
+        models.append(model)
+        log.info(
+            "joint %s: stripe model rms %.4g", exp.name, float(np.std(model[exp.usable])) if exp.usable.any() else 0.0
+        )
+    return models
+
+
 def stack_image(exposures, cutouts, shape, p, rows_per_chunk: int = 256) -> np.ndarray:
     """Clipped median of all exposures on the common grid, built in chunks of rows."""
     stack = np.full(shape, np.nan, np.float32)
@@ -461,6 +627,10 @@ def destripe_exposures(exposures: list[Exposure], params: dict | None = None) ->
     originals = [e.data.copy() for e in exposures]
     totals = [np.zeros_like(e.data) for e in exposures]
     try:
+        if p["joint"]:
+            for exp, total, model in zip(exposures, totals, joint_pass(exposures, shape, maps, p), strict=True):
+                total += model
+                exp.data = exp.data - model
         for iteration in range(int(p["iterations"])):
             models = pass_one(exposures, maps, p)
             for exp, total, model in zip(exposures, totals, models, strict=True):
@@ -528,6 +698,7 @@ def main(argv=None):
     parser.add_argument("inputs", nargs="+", help="NIRCam exposures of one band and target (ImageModel FITS)")
     parser.add_argument("--out-dir", required=True, help="corrected exposures are written here, same file names")
     parser.add_argument("--params", default="{}", help="JSON dict of parameters (config section)")
+    parser.add_argument("--joint", type=destripe.parse_bool, help="joint least-squares solve before pass 1 (false)")
     parser.add_argument("--iterations", type=int, help="pass-1 iterations (1)")
     parser.add_argument("--large-scale", type=destripe.parse_bool, help="run pass 2 (true)")
     parser.add_argument("--large-scale-length", type=int, help="pass-2 median filter length, pixels (rows/10)")
@@ -547,6 +718,7 @@ def main(argv=None):
     except json.JSONDecodeError as exc:
         raise wfutils.InputError(f"--params is not valid JSON: {exc}") from exc
     cli_keys = (
+        "joint",
         "iterations",
         "large_scale",
         "large_scale_length",

@@ -24,10 +24,12 @@ What it measures (metric: ``tests/bench/stripe_metric.py``):
   a row statistic; ``floor_sky_known_local_galaxy_mask``: the same on the pixels outside
   ``local_galaxy``'s source mask.
 * ``multi``: galaxy bands after ``local_galaxy`` + multi-exposure destriping: as published
-  (``published``) and our recommendation (matched resampling, k/(k+1) consensus weighting,
-  no pass 2); and the information floor of any overlap-based destriper for this dither
-  pattern (``overlap_floor``: the injected stripes' part fixed to sky rows and columns,
-  which no difference between exposures at one position angle can see;
+  (``published``), with matched resampling, k/(k+1) consensus weighting and no pass 2
+  (``consensus``), and our recommendation (``recommended``: the joint least-squares solve of
+  all exposures' large-scale stripes, then ``consensus``); and the information floor of any
+  overlap-based destriper for this dither pattern (``overlap_floor``: the injected stripes'
+  part fixed to sky rows and columns, which no difference between exposures at one position
+  angle can see;
   ``overlap_floor_pass2``: less its structure below the pass-2 length, as an ideal pass 2).
 * ``flux``: the same corrections applied to galaxy exposures without 1/f noise (SCI -
   STRIPES, identical to a simulator run with ``one_over_f.enabled: false``, each effect
@@ -80,8 +82,10 @@ MULTI = {
     # PHANGS-JWST as published: full difference, pass 2 on, the exposure compared as observed
     # (with the exposure resampled like the others, all / lt128 moved by < 0.01 at full size)
     "published": {"match_resampling": False},
-    # recommended: matched resampling, k/(k+1) of the difference, no pass 2 (pass 2 on: +0.01)
-    "recommended": {"match_resampling": True, "consensus": True, "large_scale": False},
+    # matched resampling, k/(k+1) of the difference, no pass 2 (pass 2 on: +0.01)
+    "consensus": {"match_resampling": True, "consensus": True, "large_scale": False},
+    # recommended (the config's): the joint least-squares solve, then "consensus"
+    "recommended": {"joint": True, "match_resampling": True, "consensus": True, "large_scale": False},
 }
 log = logging.getLogger("bench.destripe")
 
