@@ -410,25 +410,26 @@ def joint_part(exp: Exposure, forward: PixelMap, p) -> JointPart:
     )
 
 
-def joint_sky(exposures, parts, shape, knots) -> np.ndarray:
-    """Weighted mean over the exposures of (data - offsets) on the grid (0 where nothing is usable)."""
+def grid_mean(exposures, parts, shape, images) -> np.ndarray:
+    """Weighted mean over the exposures of per-exposure images on their grid boxes (0 where no weight)."""
     total, weight = np.zeros(shape), np.zeros(shape)
-    for exp, part, kn in zip(exposures, parts, knots, strict=True):
+    for exp, part, image in zip(exposures, parts, images, strict=True):
         y0, y1, x0, x1 = exp.box
-        total[y0:y1, x0:x1] += part.weight * (part.data - part.gather(kn))
+        total[y0:y1, x0:x1] += part.weight * image
         weight[y0:y1, x0:x1] += part.weight
     return np.where(weight > 0, total / np.maximum(weight, 1e-12), 0.0)
+
+
+def joint_sky(exposures, parts, shape, knots) -> np.ndarray:
+    """The sky of the joint model: weighted mean over the exposures of (data - offsets)."""
+    residuals = [part.data - part.gather(kn) for part, kn in zip(parts, knots, strict=True)]
+    return grid_mean(exposures, parts, shape, residuals)
 
 
 def joint_normal(exposures, parts, shape, knots, ridge) -> list[np.ndarray]:
     """Normal-equation operator on the knots with the sky eliminated, plus the ridge term."""
     offsets = [part.gather(kn) for part, kn in zip(parts, knots, strict=True)]
-    total, weight = np.zeros(shape), np.zeros(shape)
-    for exp, part, off in zip(exposures, parts, offsets, strict=True):
-        y0, y1, x0, x1 = exp.box
-        total[y0:y1, x0:x1] += part.weight * off
-        weight[y0:y1, x0:x1] += part.weight
-    mean = np.where(weight > 0, total / np.maximum(weight, 1e-12), 0.0)
+    mean = grid_mean(exposures, parts, shape, offsets)
     out = []
     for exp, part, kn, off in zip(exposures, parts, knots, offsets, strict=True):
         y0, y1, x0, x1 = exp.box
@@ -501,10 +502,8 @@ def joint_pass(exposures, shape, maps, p):
     for exp, part, kn in zip(exposures, parts, knots, strict=True):
         ny, nx = exp.data.shape
         rows_at = np.arange(ny) / int(p["joint_knot_rows"])
-        grid_knots = np.arange(part.n_knots)
-        rows = np.stack(
-            [np.interp(rows_at, grid_knots, kn.reshape(part.n_amp, part.n_knots)[a]) for a in range(part.n_amp)]
-        )
+        per_amp = kn.reshape(part.n_amp, part.n_knots)
+        rows = np.stack([np.interp(rows_at, np.arange(part.n_knots), k) for k in per_amp])
         region = destripe.science_region(exp.data.shape, int(p["reference_border"]), exp.subarray)
         amps = destripe.amplifier_slices(nx, int(p["n_amplifiers"]), exp.subarray)
         model = destripe.finish_model(rows, np.zeros(nx), amps, region, exp.usable & region)
